@@ -1,0 +1,1 @@
+"""Export of the segmenter to ONNX and TensorRT, importable as selfseg_export."""

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install selfseg-fast and its offline NLP data into the active Python environment.
+#   TORCH_SPEC   which torch to install first (default: the CPU wheel torch==2.13.0; on a CUDA
+#                machine use e.g. TORCH_SPEC="torch" to get the CUDA build)
+#   EXTRAS       pip extras (default: dev = pytest, ruff, triton, positional-encodings)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EXTRAS=${EXTRAS:-dev}
+
+$PY -m pip install -q "$TORCH_SPEC"
+$PY -m pip install -q -e ".[${EXTRAS}]"
+# crfseg declares torchvision, which does not import beside the CPU torch wheel; it needs only torch.
+$PY -m pip install -q --no-deps "crfseg==1.0.0"
+
+# WordNet for NLTK: Debian/Ubuntu ship it as wordnet-base + wordnet-sense-index (offline-friendly).
+if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null; } \
+    || echo "install.sh: could not apt-get wordnet-base; 'selfseg-fast setup' will try nltk.download" >&2
+fi
+# Check the spaCy model and build/verify the NLTK WordNet folder (see README "NLP data").
+$PY -m selfseg_fast.cli setup

@@ -1,0 +1,1 @@
+"""Custom GPU kernels (Triton), importable as selfseg_kernels; each has a torch fallback."""

@@ -1,0 +1,1 @@
+"""Sub-commands of the `selfseg-fast` CLI (one module each)."""

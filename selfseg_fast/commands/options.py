@@ -1,0 +1,66 @@
+"""CLI options shared by the commands that run the pipeline, and their mapping onto SelfSegConfig."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from selfseg_fast.config import PRESETS, SelfSegConfig
+from selfseg_fast.errors import SelfSegError
+
+
+def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str = "voc") -> None:
+    """--preset, --config, --weights, --blip, --seed, --engine, --maskblip, --set KEY=VALUE."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help=f"paper settings per dataset (default: {default_preset})")
+    group.add_argument("--config", metavar="FILE", help="JSON config file (preset + overrides)")
+    group.add_argument("--weights", choices=["pretrained", "random", "random-tiny"], default=None,
+                       help="pretrained (default), random (full size, seeded: for speed work offline), "
+                       "random-tiny (tiny configs, seeded: tests and offline demo)")
+    group.add_argument("--blip", metavar="PATH_OR_ID", default=None,
+                       help="BLIP hub id or local folder (default Salesforce/blip-image-captioning-large)")
+    group.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
+    group.add_argument("--engine", choices=["reference", "fast"], default=None,
+                       help="reference (plain, per image) or fast (batched; default where CUDA is present)")
+    group.add_argument("--maskblip", action="store_true",
+                       help="reproduce the authors' released code instead of the paper (see README)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field, e.g. --set caption.cycles=3 (JSON values)")
+    parser.set_defaults(_default_preset=default_preset)
+
+
+def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
+    """Build the config: file or preset, then --maskblip, then explicit flags, then --set."""
+    if args.config:
+        cfg = SelfSegConfig.from_file(args.config)
+        if args.preset:
+            raise SelfSegError("give either --config or --preset, not both (put the preset in the file)")
+    else:
+        cfg = SelfSegConfig.from_preset(args.preset or args._default_preset)
+    if args.maskblip:
+        cfg = cfg.maskblip()
+    overrides: dict[str, Any] = {}
+    for flag, key in (("weights", "weights"), ("blip", "blip_model"), ("seed", "seed"), ("engine", "engine")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "engine", None) is None:
+        overrides["engine"] = default_engine()
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SelfSegError(f"--set {item!r}: expected KEY=VALUE, e.g. --set caption.cycles=3")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return cfg.with_overrides(overrides)
+
+
+def default_engine() -> str:
+    """The fast engine where CUDA is present, else the reference engine."""
+    import torch
+
+    return "fast" if torch.cuda.is_available() else "reference"

@@ -1,0 +1,1 @@
+"""X-Decoder (Focal-T/L) open-vocabulary segmenter in plain PyTorch."""
