@@ -13,21 +13,45 @@ from selfseg_fast.errors import SelfSegError
 def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str = "voc") -> None:
     """--preset, --config, --weights, --blip, --seed, --engine, --maskblip, --set KEY=VALUE."""
     group = parser.add_argument_group("configuration")
-    group.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help=f"paper settings per dataset (default: {default_preset})")
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help=f"paper settings per dataset (default: {default_preset})",
+    )
     group.add_argument("--config", metavar="FILE", help="JSON config file (preset + overrides)")
-    group.add_argument("--weights", choices=["pretrained", "random", "random-tiny"], default=None,
-                       help="pretrained (default), random (full size, seeded: for speed work offline), "
-                       "random-tiny (tiny configs, seeded: tests and offline demo)")
-    group.add_argument("--blip", metavar="PATH_OR_ID", default=None,
-                       help="BLIP hub id or local folder (default Salesforce/blip-image-captioning-large)")
+    group.add_argument(
+        "--weights",
+        choices=["pretrained", "random", "random-tiny"],
+        default=None,
+        help="pretrained (default), random (full size, seeded: for speed work offline), "
+        "random-tiny (tiny configs, seeded: tests and offline demo)",
+    )
+    group.add_argument(
+        "--blip",
+        metavar="PATH_OR_ID",
+        default=None,
+        help="BLIP hub id or local folder (default Salesforce/blip-image-captioning-large)",
+    )
     group.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
-    group.add_argument("--engine", choices=["reference", "fast"], default=None,
-                       help="reference (plain, per image) or fast (batched; default where CUDA is present)")
-    group.add_argument("--maskblip", action="store_true",
-                       help="reproduce the authors' released code instead of the paper (see README)")
-    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config field, e.g. --set caption.cycles=3 (JSON values)")
+    group.add_argument(
+        "--engine",
+        choices=["reference", "fast"],
+        default=None,
+        help="reference (plain, per image) or fast (batched; default where CUDA is present)",
+    )
+    group.add_argument(
+        "--maskblip",
+        action="store_true",
+        help="reproduce the authors' released code instead of the paper (see README)",
+    )
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set caption.cycles=3 (JSON values)",
+    )
     parser.set_defaults(_default_preset=default_preset)
 
 

@@ -1,0 +1,62 @@
+"""The reference engine: one image at a time through the plain, faithful version of every stage.
+
+Everything the fast engine computes is held to this. Slow by design: HF BLIP in fp32 (eager
+attention), scikit-learn k-means, SciPy Hungarian, crfseg, HF `generate` per cluster and cycle,
+spaCy one caption at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from selfseg_fast.config import SelfSegConfig
+from selfseg_fast.engines.base import build_result, resolve_device
+from selfseg_fast.images import LoadedImage
+from selfseg_fast.models.blip import load_blip
+from selfseg_fast.records import ImageResult
+from selfseg_fast.seeding import derived_seed, image_seed
+from selfseg_fast.stages.caption import caption_reference
+from selfseg_fast.stages.cluster import cluster_grid_reference, cluster_patch_indices
+from selfseg_fast.stages.features import encode_reference
+from selfseg_fast.stages.nouns import NounExtractor
+from selfseg_fast.timing import StageTimer
+
+
+class ReferenceEngine:
+    """Per-image loop over the reference stages (fp32)."""
+
+    name = "reference"
+
+    def __init__(self, cfg: SelfSegConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        self.blip = load_blip(cfg, self.device)
+        self.nouns = NounExtractor(cfg.nouns)
+
+    def describe(self, images: list[LoadedImage]) -> list[ImageResult]:
+        return [self.describe_one(image) for image in images]
+
+    def describe_stream(self, images: Iterable[LoadedImage]) -> Iterator[ImageResult]:
+        for image in images:
+            yield self.describe_one(image)
+
+    @torch.inference_mode()
+    def describe_one(self, image: LoadedImage) -> ImageResult:
+        cfg = self.cfg
+        timer = StageTimer(sync=True)
+        seed = image_seed(cfg.seed, image.rgb)
+        with timer("encode"):
+            features = encode_reference(self.blip, [image.rgb], cfg)  # {res: PatchFeatures, B=1}
+        with timer("cluster"):
+            grid = cluster_grid_reference(features, 0, cfg, seed)  # [32, 32]
+        caption_tokens = features[max(features)].tokens[0]  # [32*32, 1024]: the 512-px patches
+        captions: dict[int, list[str]] = {}
+        with timer("caption"):
+            for cid, patch_index in cluster_patch_indices(grid).items():
+                embeds = caption_tokens[patch_index.to(caption_tokens.device)]  # [n_c, 1024]
+                captions[cid] = caption_reference(self.blip, embeds, cfg, derived_seed(seed, cid))
+        with timer("nouns"):
+            cluster_nouns = {cid: self.nouns.nouns_for_reference(caps) for cid, caps in captions.items()}
+        return build_result(image, grid, captions, cluster_nouns, timer.as_dict())
