@@ -113,7 +113,9 @@ class SelfSegConfig:
     weights: WeightsKind = "pretrained"
     seed: int = 0
     engine: Literal["reference", "fast"] = "reference"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # fast engine's compute dtype on GPU
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # fast engine's compute dtype on CUDA
+    batch_size: int = 16  # fast engine: images per batch (halved automatically on CUDA out-of-memory)
+    device: str | None = None  # None: cuda if available, else cpu
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
