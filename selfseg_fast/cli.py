@@ -13,7 +13,7 @@ import sys
 from selfseg_fast.errors import SelfSegError
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("caption", "segment", "bench", "export", "setup")
+COMMAND_MODULES = ("caption", "segment", "label", "bench", "export", "setup")
 
 
 def build_parser() -> argparse.ArgumentParser:
