@@ -9,7 +9,6 @@ holding the models per GPU); `--ray local` starts Ray on this machine.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from selfseg_fast.commands.options import add_config_options, config_from_args
