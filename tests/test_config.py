@@ -1,0 +1,94 @@
+"""SelfSegConfig: paper defaults, presets, the maskblip switch, overrides, config files, CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from selfseg_fast.commands.options import add_config_options, config_from_args
+from selfseg_fast.config import BLIP_BASE_HUB_ID, BLIP_HUB_ID, MASKBLIP_BLOCK_LIST, SelfSegConfig
+from selfseg_fast.errors import SelfSegError
+
+
+def test_paper_defaults() -> None:
+    cfg = SelfSegConfig()
+    assert cfg.blip_model == BLIP_HUB_ID
+    assert cfg.encoder.resolutions == (384, 512) and cfg.encoder.pos_embed_dim == 256
+    assert cfg.cluster.k_values == (2, 8) and cfg.cluster.align_cost == "iou"
+    assert (cfg.cluster.crf_smoothness_weight, cfg.cluster.crf_smoothness_theta) == (6.0, 0.8)
+    assert cfg.cluster.majority_filter_max_iters == 8 and cfg.cluster.output_grid == 32
+    cap = cfg.caption
+    assert (cap.min_new_tokens, cap.max_new_tokens, cap.top_p, cap.repetition_penalty) == (4, 25, 1.0, 100.0)
+    assert (cap.bos_token_id, cap.eos_token_id) == (30522, 102)
+
+
+@pytest.mark.parametrize(("preset", "cycles"), [("voc", 1), ("ade20k", 10), ("cityscapes", 20)])
+def test_presets_set_captioning_cycles(preset: str, cycles: int) -> None:
+    assert SelfSegConfig.from_preset(preset).caption.cycles == cycles
+
+
+def test_unknown_preset_is_a_one_line_error() -> None:
+    with pytest.raises(SelfSegError, match="unknown preset 'coco'"):
+        SelfSegConfig.from_preset("coco")
+
+
+def test_maskblip_switches_every_documented_difference_and_leaves_the_original() -> None:
+    paper = SelfSegConfig.from_preset("ade20k")
+    code = paper.maskblip()
+    assert code.cluster.k_values == tuple(range(2, 9))
+    assert code.cluster.align_cost == "disagreement"
+    assert code.caption.repetition_penalty == 1.1
+    assert code.nouns.min_length == 3 and code.nouns.block_list == MASKBLIP_BLOCK_LIST
+    assert code.nouns.drop_colour_words and code.blip_model == BLIP_BASE_HUB_ID
+    assert code.caption.cycles == 10  # the preset survives
+    assert paper.cluster.k_values == (2, 8)  # a deep copy: the paper config is untouched
+
+
+def test_overrides_and_round_trip() -> None:
+    cfg = SelfSegConfig().with_overrides({"caption.cycles": 3, "seed": 7, "cluster.k_values": [2, 4]})
+    assert cfg.caption.cycles == 3 and cfg.seed == 7 and cfg.cluster.k_values == (2, 4)
+    assert SelfSegConfig().with_overrides({}).to_dict() == SelfSegConfig().to_dict()
+    with pytest.raises(SelfSegError, match="unknown config key 'caption.cycle'"):
+        SelfSegConfig().with_overrides({"caption.cycle": 3})
+
+
+def test_config_file(tmp_path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"preset": "cityscapes", "seed": 5, "caption": {"top_p": 0.9}}))
+    cfg = SelfSegConfig.from_file(path)
+    assert (cfg.preset, cfg.caption.cycles, cfg.seed, cfg.caption.top_p) == ("cityscapes", 20, 5, 0.9)
+    path.write_text("{not json")
+    with pytest.raises(SelfSegError, match="run.json: cannot read config file"):
+        SelfSegConfig.from_file(path)
+
+
+def test_cli_flags_map_onto_the_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    args = parser.parse_args(
+        [
+            "--preset",
+            "ade20k",
+            "--weights",
+            "random-tiny",
+            "--seed",
+            "3",
+            "--engine",
+            "fast",
+            "--set",
+            "batch_size=4",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.preset, cfg.weights, cfg.seed, cfg.engine, cfg.batch_size) == (
+        "ade20k",
+        "random-tiny",
+        3,
+        "fast",
+        4,
+    )
+    bad = parser.parse_args(["--set", "caption.cycles"])
+    with pytest.raises(SelfSegError, match="expected KEY=VALUE"):
+        config_from_args(bad)
