@@ -1,0 +1,138 @@
+"""Segmentation metrics: confusion matrix with an ignore index, per-class IoU, mIoU, and cmIoU.
+
+Conventions (those of cityscapesscripts' pixel-level evaluation, `evalPixelLevelSemanticLabeling.py`):
+- ground-truth pixels equal to `ignore_index` are not counted at all;
+- a prediction outside 0..C-1 (e.g. -1 "no name", 255, or LOVE's unmapped nouns) is a miss: it adds
+  to the false negatives of the ground-truth class and to no class's false positives. The confusion
+  matrix therefore has C rows (ground truth) and C+1 columns (the last one: "no class");
+- IoU_c = TP / (TP + FP + FN); a class with TP + FP + FN = 0 (absent from ground truth and prediction)
+  is NaN and left out of the mean (mIoU = nanmean).
+
+cmIoU (class-agnostic mIoU, for the BCC cluster masks alone, before any naming): in each image the
+predicted clusters are matched one-to-one to the ground-truth classes present in that image by the
+Hungarian algorithm maximising the summed IoU; each matched cluster takes its class, unmatched
+clusters become "no class"; the relabelled maps of all images are then scored like any prediction
+(dataset-level confusion matrix, mIoU). The paper describes cmIoU as mIoU with cluster-to-class
+assignment that ignores the names; this is our faithful reading of it (the exact text of its
+definition was not available offline), stated here so a score can be reproduced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+# ---- confusion matrix: reference (numpy) and fast (torch, on the inputs' device) ----------------------
+def confusion_matrix_reference(
+    gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int
+) -> np.ndarray:
+    """gt, pred: [H, W] integer maps -> [C, C+1] int64 counts (row: ground truth, column: prediction)."""
+    gt = np.asarray(gt, dtype=np.int64).ravel()
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth has {gt.size} pixels but the prediction {pred.size}")
+    keep = (gt != ignore_index) & (gt >= 0) & (gt < num_classes)
+    gt, pred = gt[keep], pred[keep]
+    pred = np.where((pred >= 0) & (pred < num_classes), pred, num_classes)
+    counts = np.bincount(gt * (num_classes + 1) + pred, minlength=num_classes * (num_classes + 1))
+    return counts.reshape(num_classes, num_classes + 1)
+
+
+def confusion_matrix(
+    gt: torch.Tensor | np.ndarray, pred: torch.Tensor | np.ndarray, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """Same as the reference, computed with torch on the inputs' device (batched [B, H, W] allowed)."""
+    gt = torch.as_tensor(gt).long().reshape(-1)
+    pred = torch.as_tensor(pred, device=gt.device).long().reshape(-1)
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth has {gt.numel()} pixels but the prediction {pred.numel()}")
+    keep = (gt != ignore_index) & (gt >= 0) & (gt < num_classes)
+    valid_pred = (pred >= 0) & (pred < num_classes)
+    pred = torch.where(valid_pred, pred, torch.full_like(pred, num_classes))
+    index = (gt * (num_classes + 1) + pred)[keep]
+    counts = torch.bincount(index, minlength=num_classes * (num_classes + 1))
+    return counts.reshape(num_classes, num_classes + 1)
+
+
+def iou_per_class(conf: np.ndarray | torch.Tensor) -> np.ndarray:
+    """[C, C+1] counts -> [C] float64 IoU, NaN where TP + FP + FN = 0."""
+    conf = np.asarray(conf.cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.float64)
+    num_classes = conf.shape[0]
+    tp = np.diag(conf[:, :num_classes])
+    fn = conf.sum(axis=1) - tp  # includes the "no class" column
+    fp = conf[:, :num_classes].sum(axis=0) - tp  # only rows with a valid ground truth exist
+    denom = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def mean_iou(conf: np.ndarray | torch.Tensor) -> float:
+    """mIoU over the classes present in ground truth or prediction (NaN if none)."""
+    iou = iou_per_class(conf)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+class ConfusionMatrix:
+    """Accumulates a dataset's confusion matrix image by image (numpy; small C x C+1 state)."""
+
+    def __init__(self, num_classes: int, ignore_index: int) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+
+    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        self.counts += confusion_matrix_reference(gt, pred, self.num_classes, self.ignore_index)
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        self.counts += np.asarray(counts, dtype=np.int64)
+
+    def iou(self) -> np.ndarray:
+        return iou_per_class(self.counts)
+
+    def miou(self) -> float:
+        return mean_iou(self.counts)
+
+
+# ---- cmIoU -----------------------------------------------------------------------------------------------
+def upsample_grid(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[h, w] cluster grid -> [H, W] by nearest neighbour (source index floor(i * h / H), as
+    torch.nn.functional.interpolate(mode="nearest"))."""
+    grid = np.asarray(grid)
+    height, width = size
+    rows = (np.arange(height) * grid.shape[0]) // height
+    cols = (np.arange(width) * grid.shape[1]) // width
+    return grid[rows[:, None], cols[None, :]]
+
+
+def match_clusters_to_classes(
+    gt: np.ndarray, clusters: np.ndarray, num_classes: int, ignore_index: int
+) -> np.ndarray:
+    """gt, clusters: [H, W] -> [H, W] int64 class map: each cluster relabelled with the ground-truth class
+    it is Hungarian-matched to (max total IoU over the image's classes), -1 where unmatched."""
+    gt = np.asarray(gt, dtype=np.int64)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    if gt.shape != clusters.shape:
+        raise ValueError(f"ground truth {gt.shape} and cluster map {clusters.shape} differ in size")
+    valid = (gt != ignore_index) & (gt >= 0) & (gt < num_classes)
+    cluster_ids, cluster_index = np.unique(clusters, return_inverse=True)
+    cluster_index = cluster_index.reshape(clusters.shape)
+    class_ids = np.unique(gt[valid])
+    out = np.full(gt.shape, -1, dtype=np.int64)
+    if class_ids.size == 0:
+        return out
+    class_index = np.searchsorted(class_ids, gt[valid])
+    n_k, n_c = cluster_ids.size, class_ids.size
+    inter = np.bincount(cluster_index[valid] * n_c + class_index, minlength=n_k * n_c).reshape(n_k, n_c)
+    # Cluster area counts only pixels with a valid ground truth (void pixels are not scored).
+    cluster_area = inter.sum(axis=1)
+    class_area = np.bincount(class_index, minlength=n_c)
+    union = cluster_area[:, None] + class_area[None, :] - inter
+    iou = inter / np.maximum(union, 1)
+    rows, cols = linear_sum_assignment(iou, maximize=True)
+    lut = np.full(n_k, -1, dtype=np.int64)
+    hit = iou[rows, cols] > 0  # a zero-overlap assignment is no match
+    lut[rows[hit]] = class_ids[cols[hit]]
+    out[:] = lut[cluster_index]
+    return out

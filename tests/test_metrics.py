@@ -1,0 +1,160 @@
+"""Metrics: confusion-matrix parity (numpy vs torch), IoU against an independent per-class count,
+mIoU against cityscapesscripts' own evaluator, cmIoU matching against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfseg_fast.evaluation.datasets.cityscapes import CityscapesDataset, train_id_to_label_id
+from selfseg_fast.evaluation.datasets.synthetic import write_synthetic_cityscapes
+from selfseg_fast.evaluation.metrics import (
+    ConfusionMatrix,
+    confusion_matrix,
+    confusion_matrix_reference,
+    iou_per_class,
+    match_clusters_to_classes,
+    mean_iou,
+    upsample_grid,
+)
+
+IGNORE = 255
+
+
+def random_maps(rng: np.random.Generator, shape=(37, 53), num_classes=7):
+    gt = rng.integers(0, num_classes, size=shape)
+    gt[rng.random(shape) < 0.1] = IGNORE
+    pred = rng.integers(-1, num_classes + 2, size=shape)  # includes -1 and out-of-range ids
+    pred[rng.random(shape) < 0.05] = IGNORE
+    return gt, pred
+
+
+def independent_iou(gt, pred, num_classes):
+    """Per-class IoU counted with boolean masks, as cityscapesscripts defines TP/FP/FN."""
+    valid = gt != IGNORE
+    out = []
+    for c in range(num_classes):
+        tp = np.sum((gt == c) & (pred == c))
+        fn = np.sum((gt == c) & (pred != c))
+        fp = np.sum(valid & (gt != c) & (pred == c))
+        out.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_confusion_matrix_torch_matches_numpy_exactly(seed):
+    gt, pred = random_maps(np.random.default_rng(seed))
+    ref = confusion_matrix_reference(gt, pred, 7, IGNORE)
+    fast = confusion_matrix(torch.from_numpy(gt), torch.from_numpy(pred), 7, IGNORE)
+    np.testing.assert_array_equal(fast.numpy(), ref)  # exact: integer counts
+    assert ref.sum() == np.sum(gt != IGNORE)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_iou_matches_independent_count(seed):
+    rng = np.random.default_rng(seed)
+    gt, pred = random_maps(rng, num_classes=9)
+    gt[gt == 4] = IGNORE  # class 4 absent from the ground truth ...
+    pred[pred == 4] = 0  # ... and from the prediction -> NaN, left out of the mean
+    iou = iou_per_class(confusion_matrix_reference(gt, pred, 9, IGNORE))
+    expected = independent_iou(gt, pred, 9)
+    np.testing.assert_allclose(iou, expected, rtol=0, atol=1e-12, equal_nan=True)
+    assert np.isnan(iou[4])
+    assert mean_iou(confusion_matrix_reference(gt, pred, 9, IGNORE)) == pytest.approx(
+        np.nanmean(expected), abs=1e-12
+    )
+
+
+def test_accumulated_matrix_equals_one_shot():
+    rng = np.random.default_rng(5)
+    acc = ConfusionMatrix(7, IGNORE)
+    gts, preds = zip(*(random_maps(rng) for _ in range(3)))
+    for gt, pred in zip(gts, preds):
+        acc.update(gt, pred)
+    one = confusion_matrix_reference(np.stack(gts), np.stack(preds), 7, IGNORE)
+    np.testing.assert_array_equal(acc.counts, one)
+
+
+def test_miou_matches_cityscapesscripts(tmp_path):
+    """Runs cityscapesscripts' evaluator on label-id PNGs and ours on the same predictions (train ids)."""
+    cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    root = write_synthetic_cityscapes(tmp_path / "cs", num_images=3, size=(48, 96), seed=11)
+    dataset = CityscapesDataset(root)
+    rng = np.random.default_rng(12)
+    to_label_id = train_id_to_label_id()
+    ours = ConfusionMatrix(19, IGNORE)
+    pred_files, gt_files = [], []
+    for index, entry in enumerate(dataset.entries):
+        sample = dataset.load(index)
+        pred = sample.label.copy()
+        pred[pred == IGNORE] = 0
+        noise = rng.random(pred.shape) < 0.3
+        pred[noise] = rng.integers(-1, 19, size=int(noise.sum()))  # -1: "no class"
+        ours.update(sample.label, pred)
+        label_ids = np.where(pred >= 0, to_label_id[np.clip(pred, 0, 18)], 0).astype(np.uint8)
+        path = tmp_path / f"{sample.id}_pred.png"
+        Image.fromarray(label_ids).save(path)
+        pred_files.append(str(path))
+        gt_files.append(str(entry.label_path))
+    args = cs_eval.args
+    args.evalInstLevelScore = False
+    args.quiet = True
+    args.JSONOutput = False
+    result = cs_eval.evaluateImgLists(pred_files, gt_files, args)
+    assert ours.miou() == pytest.approx(result["averageScoreClasses"], abs=1e-9)
+
+
+def brute_force_match(gt, clusters, num_classes):
+    """Best one-to-one cluster->class assignment by trying every permutation (small cases only)."""
+    valid = gt != IGNORE
+    ks, cs = np.unique(clusters), np.unique(gt[valid])
+
+    def iou(k, c):
+        a, b = (clusters == k) & valid, gt == c
+        return (a & b).sum() / max((a | b).sum(), 1)
+
+    best, best_map = -1.0, None
+    for perm in itertools.permutations(range(max(len(ks), len(cs))), len(ks)):
+        pairs = [(k, cs[j]) for k, j in zip(ks, perm) if j < len(cs)]
+        score = sum(iou(k, c) for k, c in pairs)
+        if score > best + 1e-12:
+            best, best_map = score, dict(pairs)
+    return best, best_map
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_cluster_matching_is_optimal(seed):
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 4, size=(6, 8)).repeat(3, 0).repeat(3, 1)
+    gt[rng.random(gt.shape) < 0.05] = IGNORE
+    clusters = rng.integers(0, 5, size=(6, 8)).repeat(3, 0).repeat(3, 1) * 3 + 10  # arbitrary ids
+    matched = match_clusters_to_classes(gt, clusters, 4, IGNORE)
+    best, _ = brute_force_match(gt, clusters, 4)
+    valid = gt != IGNORE
+    got = 0.0
+    for k in np.unique(clusters):
+        c = matched[clusters == k][0]
+        if c >= 0:
+            a, b = (clusters == k) & valid, gt == c
+            got += (a & b).sum() / (a | b).sum()
+    assert got == pytest.approx(best, abs=1e-9)
+
+
+def test_cmiou_is_one_for_a_relabelled_ground_truth():
+    rng = np.random.default_rng(7)
+    gt = rng.integers(0, 5, size=(20, 30))
+    clusters = (gt * 7 + 3) % 11  # a relabelling: same segments, other ids
+    acc = ConfusionMatrix(5, IGNORE)
+    acc.update(gt, match_clusters_to_classes(gt, clusters, 5, IGNORE))
+    assert acc.miou() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 77), (128, 96)])
+def test_upsample_grid_matches_torch_nearest(size):
+    grid = torch.randint(0, 8, (32, 32))
+    ref = torch.nn.functional.interpolate(grid[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    np.testing.assert_array_equal(upsample_grid(grid.numpy(), size), ref.numpy())
