@@ -1,0 +1,246 @@
+"""Stage 2b: cross-clustering consistency. Align the k-means runs of one image and count votes.
+
+The run with the most non-empty clusters is the reference (first such run on ties, as in the
+authors' code). Every other run's clusters are matched one-to-one to reference clusters by the
+Hungarian algorithm on cluster IoU (maximised; `align_cost="disagreement"` instead minimises the
+number of patches where the two binary masks differ, as the released code does). All runs live on
+the 32x32 output grid: the 24x24 (384 px) runs are resized with nearest-neighbour first (see
+`cluster.py` for why). The vote share P(n|p) is the fraction of runs voting cluster n at patch p.
+
+Reference: NumPy masks + `scipy.optimize.linear_sum_assignment`, one problem at a time.
+Fast: IoU matrices for every problem by one one-hot matmul (CuPy where installed on CUDA, torch
+otherwise), and `linear_sum_assignment_batched`, a batched port of the same shortest-augmenting-path
+algorithm SciPy runs (Crouse 2016), which reproduces SciPy's assignment exactly, ties included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EPSILON = 1e-6  # added to vote shares before renormalising (as the authors' code does)
+
+
+# ---- cost matrices ---------------------------------------------------------------------------------------
+def match_scores_reference(run: np.ndarray, ref: np.ndarray, cost: str = "iou") -> tuple[np.ndarray, ...]:
+    """Score matrix [len(run ids), len(ref ids)] between the non-empty clusters of two label maps.
+
+    Returns (scores, run_ids, ref_ids); scores are IoU (maximise) or disagreeing patches (minimise).
+    """
+    run_ids, ref_ids = np.unique(run), np.unique(ref)
+    scores = np.zeros((len(run_ids), len(ref_ids)))
+    for i, a in enumerate(run_ids):
+        for j, b in enumerate(ref_ids):
+            ma, mb = run == a, ref == b
+            if cost == "iou":
+                scores[i, j] = (ma & mb).sum() / (ma | mb).sum()
+            else:
+                scores[i, j] = (ma != mb).sum()
+    return scores, run_ids, ref_ids
+
+
+def match_scores_batched(runs: torch.Tensor, refs: torch.Tensor, k: int, cost: str = "iou") -> torch.Tensor:
+    """[P, N] run labels, [P, N] reference labels (ids < k) -> [P, k, k] scores for all id pairs.
+
+    Intersections come from one batched one-hot matmul; pairs involving an empty cluster are
+    meaningless and are masked by the caller.
+    """
+    a = torch.nn.functional.one_hot(runs, k).double()  # [P, N, k]
+    b = torch.nn.functional.one_hot(refs, k).double()
+    inter = torch.bmm(a.transpose(1, 2), b)  # [P, k, k]
+    size_a, size_b = a.sum(1), b.sum(1)  # [P, k]
+    if cost == "iou":
+        union = size_a[:, :, None] + size_b[:, None, :] - inter
+        return inter / union.clamp_min(1.0)
+    return size_a[:, :, None] + size_b[:, None, :] - 2 * inter  # |A xor B|
+
+
+# ---- Hungarian -------------------------------------------------------------------------------------------
+def linear_sum_assignment_batched(
+    cost: torch.Tensor,  # [P, R, C] float64, only [:n_rows[p], :n_cols[p]] used; n_rows <= n_cols
+    n_rows: torch.Tensor,  # [P] int64
+    n_cols: torch.Tensor,  # [P] int64
+) -> torch.Tensor:  # [P, R] int64: column of each row (-1 for padding rows)
+    """Minimum-cost assignment for P problems at once: SciPy's algorithm, step for step.
+
+    Shortest augmenting paths with dual variables (Crouse, IEEE TAES 2016), as in SciPy's
+    `rectangular_lsap`, including its scan order (columns in reverse, swap-remove) and its tie rule
+    (prefer an unassigned column at equal path cost), so ties resolve the same way. Each problem
+    runs until its rows are all assigned; finished problems idle under a mask.
+    """
+    p, r, c = cost.shape
+    dev = cost.device
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=dev)
+    rows = torch.arange(p, device=dev)
+    col_ids = torch.arange(c, device=dev)
+    u = torch.zeros(p, r, dtype=torch.float64, device=dev)
+    v = torch.zeros(p, c, dtype=torch.float64, device=dev)
+    col4row = torch.full((p, r), -1, dtype=torch.int64, device=dev)
+    row4col = torch.full((p, c), -1, dtype=torch.int64, device=dev)
+    for cur_row in range(r):
+        todo = cur_row < n_rows  # [P] problems that still have this row
+        # --- augmenting path search (Dijkstra over reduced costs) ---
+        path = torch.full((p, c), -1, dtype=torch.int64, device=dev)
+        spc = torch.full((p, c), float("inf"), dtype=torch.float64, device=dev)  # shortest path costs
+        sr = torch.zeros(p, r, dtype=torch.bool, device=dev)
+        sc = torch.zeros(p, c, dtype=torch.bool, device=dev)
+        # remaining[it] = n_cols - it - 1 for it < n_cols (SciPy scans columns from the last one)
+        remaining = (n_cols[:, None] - 1 - col_ids[None, :]).clamp_min(0)
+        num_remaining = n_cols.clone()
+        min_val = torch.zeros(p, dtype=torch.float64, device=dev)
+        i = torch.full((p,), cur_row, dtype=torch.int64, device=dev)
+        sink = torch.full((p,), -1, dtype=torch.int64, device=dev)
+        searching = todo.clone()
+        for _ in range(c):
+            if not bool(searching.any()):
+                break
+            sr[rows[searching], i[searching]] = True
+            it_valid = col_ids[None, :] < num_remaining[:, None]  # [P, C] positions in `remaining`
+            j_at = remaining  # column at each position
+            i_safe = i.clamp_min(0)
+            reduced = (
+                min_val[:, None]
+                + cost[rows[:, None], i_safe[:, None], j_at]
+                - u[rows, i_safe][:, None]
+                - v.gather(1, j_at)
+            )
+            spc_at = spc.gather(1, j_at)
+            better = it_valid & (reduced < spc_at) & searching[:, None]
+            # update path / shortest path costs of the improved columns
+            upd_cols = torch.where(better, j_at, torch.full_like(j_at, c))  # c = scratch column
+            spc_ext = torch.cat([spc, spc.new_full((p, 1), float("inf"))], 1)
+            path_ext = torch.cat([path, path.new_full((p, 1), -1)], 1)
+            spc_ext.scatter_(1, upd_cols, torch.where(better, reduced, spc_ext.gather(1, upd_cols)))
+            path_ext.scatter_(
+                1, upd_cols, torch.where(better, i[:, None].expand_as(upd_cols), path_ext.gather(1, upd_cols))
+            )
+            spc, path = spc_ext[:, :c], path_ext[:, :c]
+            spc_at = spc.gather(1, j_at)
+            # SciPy's pick: lowest cost; among equals, the last unassigned one in scan order, else the first
+            lowest = torch.where(it_valid, spc_at, inf).min(1).values  # [P]
+            at_low = it_valid & (spc_at == lowest[:, None])
+            unassigned = row4col.gather(1, j_at) == -1
+            pos = col_ids[None, :].expand(p, c)
+            last_free = torch.where(at_low & unassigned, pos, -1).max(1).values
+            first_any = torch.where(at_low, pos, c).min(1).values
+            index = torch.where(last_free >= 0, last_free, first_any)  # [P]
+            index = torch.where(searching, index, torch.zeros_like(index))
+            min_val = torch.where(searching, lowest, min_val)
+            j = remaining.gather(1, index[:, None]).squeeze(1)
+            owner = row4col.gather(1, j[:, None]).squeeze(1)
+            found = searching & (owner == -1)
+            sink = torch.where(found, j, sink)
+            i = torch.where(searching & ~found, owner, i)
+            sc[rows[searching], j[searching]] = True
+            # swap-remove position `index` from `remaining`
+            last = (num_remaining - 1).clamp_min(0)
+            last_col = remaining.gather(1, last[:, None]).squeeze(1)
+            new_rem = remaining.clone()
+            new_rem.scatter_(1, index[:, None], last_col[:, None])
+            remaining = torch.where(searching[:, None], new_rem, remaining)
+            num_remaining = torch.where(searching, num_remaining - 1, num_remaining)
+            searching = searching & ~found
+        # --- dual update ---
+        assigned_spc = spc.gather(1, col4row.clamp_min(0))  # [P, R]
+        row_ids = torch.arange(r, device=dev)[None, :]
+        upd_u = sr & (row_ids != cur_row) & todo[:, None]
+        u = torch.where(upd_u, u + min_val[:, None] - assigned_spc, u)
+        u[todo, cur_row] += min_val[todo]
+        v = torch.where(sc & todo[:, None], v - (min_val[:, None] - spc), v)
+        # --- augment along the path back from the sink ---
+        j = sink.clone()
+        walking = todo.clone()
+        for _ in range(r):
+            if not bool(walking.any()):
+                break
+            i_back = path.gather(1, j.clamp_min(0)[:, None]).squeeze(1)
+            idx = rows[walking]
+            row4col[idx, j[walking]] = i_back[walking]
+            prev = col4row[idx, i_back[walking]].clone()
+            col4row[idx, i_back[walking]] = j[walking]
+            j = torch.where(walking, col4row.new_zeros(p).index_put((idx,), prev), j)
+            walking = walking & (i_back != cur_row)
+    return col4row
+
+
+# ---- alignment + votes -----------------------------------------------------------------------------------
+def reference_run_index(runs: list[np.ndarray]) -> int:
+    """The run with the most non-empty clusters (the first one on ties)."""
+    return int(np.argmax([len(np.unique(run)) for run in runs]))
+
+
+def align_runs_reference(runs: list[np.ndarray], cost: str = "iou") -> list[np.ndarray]:
+    """Relabel every run (each [32, 32] int) with the matching reference-run cluster ids (SciPy)."""
+    from scipy.optimize import linear_sum_assignment
+
+    ref_index = reference_run_index(runs)
+    ref = runs[ref_index]
+    aligned = []
+    for index, run in enumerate(runs):
+        if index == ref_index:
+            aligned.append(run.copy())
+            continue
+        scores, run_ids, ref_ids = match_scores_reference(run, ref, cost)
+        row_ind, col_ind = linear_sum_assignment(scores, maximize=(cost == "iou"))
+        relabelled = run.copy()
+        for r, c in zip(row_ind, col_ind):
+            relabelled[run == run_ids[r]] = ref_ids[c]
+        aligned.append(relabelled)
+    return aligned
+
+
+def vote_distribution_reference(aligned: list[np.ndarray]) -> np.ndarray:
+    """[R] aligned label maps [H, W] -> P(n|p) as [C, H, W] (C = max id + 1), epsilon-smoothed."""
+    n_clusters = int(max(run.max() for run in aligned)) + 1
+    votes = np.zeros((n_clusters, *aligned[0].shape))
+    for run in aligned:
+        for label in range(n_clusters):
+            votes[label] += run == label
+    votes = votes / len(aligned) + EPSILON
+    return votes / votes.sum(0, keepdims=True)
+
+
+def align_and_vote_batched(
+    runs: torch.Tensor, k: int, cost: str = "iou"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast path for B images at once: runs [B, R, N] labels (< k) -> (vote shares [B, k, N], channel
+    mask [B, k]).
+
+    Clusters are compacted per run (non-empty ones, ascending ids) so that the Hungarian problems
+    are exactly SciPy's: rows = run clusters, columns = reference clusters. Channels above an image's
+    largest reference id do not exist in the reference path: they get zero mass and a False mask.
+    """
+    b, r, n = runs.shape
+    dev = runs.device
+    present = torch.nn.functional.one_hot(runs, k).sum(2) > 0  # [B, R, k]
+    n_present = present.sum(-1)  # [B, R]
+    ref_index = n_present.argmax(1)  # [B] first max, like np.argmax
+    bi = torch.arange(b, device=dev)
+    refs = runs[bi, ref_index]  # [B, N]
+    scores = match_scores_batched(runs.reshape(b * r, n), refs.repeat_interleave(r, 0), k, cost)  # [BR, k, k]
+    # compact: sorted non-empty ids first
+    present_f = present.reshape(b * r, k)
+    ref_present = present[bi, ref_index].repeat_interleave(r, 0)  # [BR, k]
+    order_run = torch.argsort((~present_f).to(torch.int8), dim=1, stable=True)  # non-empty ids first
+    order_ref = torch.argsort((~ref_present).to(torch.int8), dim=1, stable=True)
+    compact = scores.gather(1, order_run[:, :, None].expand(-1, -1, k)).gather(
+        2, order_ref[:, None, :].expand(-1, k, -1)
+    )
+    signed = -compact if cost == "iou" else compact
+    col = linear_sum_assignment_batched(signed, present_f.sum(1), ref_present.sum(1))  # [BR, k]
+    # mapping run id -> ref id (padding positions write to a scratch column k)
+    mapping = torch.zeros(b * r, k + 1, dtype=torch.int64, device=dev)
+    valid = col >= 0
+    ref_id = order_ref.gather(1, col.clamp_min(0))  # position -> matched ref id
+    mapping.scatter_(1, torch.where(valid, order_run, k), torch.where(valid, ref_id, 0))
+    mapping = mapping[:, :k]
+    # the reference run keeps its own ids
+    is_ref = (torch.arange(r, device=dev)[None, :] == ref_index[:, None]).reshape(-1)
+    identity = torch.arange(k, device=dev)[None, :].expand(b * r, k)
+    mapping = torch.where(is_ref[:, None], identity, mapping)
+    aligned = mapping.gather(1, runs.reshape(b * r, n)).reshape(b, r, n)
+    n_channels = refs.max(1).values + 1  # [B]: the reference path's C = max id + 1
+    channel_ok = torch.arange(k, device=dev)[None, :] < n_channels[:, None]  # [B, k]
+    votes = torch.nn.functional.one_hot(aligned, k).double().sum(1).transpose(1, 2) / r + EPSILON  # [B, k, N]
+    votes = torch.where(channel_ok[:, :, None], votes, 0.0)
+    return votes / votes.sum(1, keepdim=True), channel_ok

@@ -1,0 +1,86 @@
+"""Alignment: batched Hungarian exactly as SciPy (ties included), batched votes exactly as the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from selfseg_fast.stages.align import (
+    align_and_vote_batched,
+    align_runs_reference,
+    linear_sum_assignment_batched,
+    match_scores_batched,
+    match_scores_reference,
+    reference_run_index,
+    vote_distribution_reference,
+)
+
+
+def test_hungarian_matches_scipy_exactly_with_ties_and_rectangles():
+    rng = np.random.default_rng(0)
+    problems = 300
+    n_rows = rng.integers(1, 9, problems)
+    n_cols = np.array([rng.integers(r, 9) for r in n_rows])
+    cost = np.zeros((problems, 8, 8))
+    for p in range(problems):
+        shape = (n_rows[p], n_cols[p])
+        # a third continuous, a third with many ties, a third all-equal (pure tie-breaking)
+        kind = p % 3
+        block = (
+            rng.random(shape)
+            if kind == 0
+            else rng.integers(0, 3, shape) / 2.0
+            if kind == 1
+            else np.ones(shape)
+        )
+        cost[p, : shape[0], : shape[1]] = block
+    got = linear_sum_assignment_batched(torch.tensor(cost), torch.tensor(n_rows), torch.tensor(n_cols))
+    for p in range(problems):
+        rows, cols = linear_sum_assignment(cost[p, : n_rows[p], : n_cols[p]])
+        assert np.array_equal(rows, np.arange(n_rows[p]))
+        assert np.array_equal(got[p, : n_rows[p]].numpy(), cols), f"problem {p}"
+        assert (got[p, n_rows[p] :] == -1).all()
+
+
+def test_iou_scores_match_reference():
+    rng = np.random.default_rng(1)
+    run, ref = rng.integers(0, 5, (32, 32)), rng.integers(0, 8, (32, 32))
+    ref[ref == 3] = 4  # an empty reference cluster
+    for cost in ("iou", "disagreement"):
+        scores, run_ids, ref_ids = match_scores_reference(run, ref, cost)
+        batched = match_scores_batched(
+            torch.tensor(run).reshape(1, -1), torch.tensor(ref).reshape(1, -1), 8, cost
+        )[0]
+        np.testing.assert_allclose(batched[run_ids][:, ref_ids].numpy(), scores, rtol=0, atol=1e-12)
+
+
+def _random_runs(rng, b, r, k_values):
+    runs = np.zeros((b, r, 32, 32), dtype=np.int64)
+    for i in range(b):
+        base = rng.integers(0, 8, (4, 4)).repeat(8, 0).repeat(8, 1)
+        for j in range(r):
+            k = k_values[j % len(k_values)]
+            noisy = np.where(rng.random((32, 32)) < 0.2, rng.integers(0, 8, (32, 32)), base)
+            perm = rng.permutation(8)  # runs label the same regions with other ids
+            runs[i, j] = perm[noisy] % k
+    return runs
+
+
+def test_batched_alignment_and_votes_equal_reference():
+    rng = np.random.default_rng(2)
+    for cost in ("iou", "disagreement"):
+        runs = _random_runs(rng, 6, 4, [2, 8])
+        votes, ok = align_and_vote_batched(torch.tensor(runs).reshape(6, 4, -1), 8, cost)
+        for b in range(6):
+            aligned = align_runs_reference(list(runs[b]), cost)
+            ref_votes = vote_distribution_reference(aligned)  # [C, 32, 32]
+            c = ref_votes.shape[0]
+            assert int(ok[b].sum()) == c
+            np.testing.assert_allclose(votes[b, :c].reshape(c, 32, 32).numpy(), ref_votes, rtol=0, atol=1e-12)
+            assert (votes[b, c:] == 0).all()
+
+
+def test_reference_run_is_first_with_most_clusters():
+    runs = [np.array([[0, 1]]), np.array([[0, 2]]), np.array([[0, 0]])]
+    assert reference_run_index(runs) == 0

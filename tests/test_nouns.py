@@ -1,0 +1,51 @@
+"""Noun stage: known captions, lemmas, WordNet filter, options, and fast == reference."""
+
+from __future__ import annotations
+
+import random
+
+from selfseg_fast.config import NounConfig, SelfSegConfig
+from selfseg_fast.stages.nouns import NounExtractor
+
+CAPTIONS = [
+    "a man riding a horse on a beach with dogs",
+    "two cars parked next to tall buildings and trees",
+    "glasses of wine on wooden tables",
+    "there is a blurry photo of something in the background",
+    "people walking on the sidewalk near a red bus",
+    "",
+    "a close up of a cat sleeping on a couch",
+]
+
+
+def test_known_captions():
+    nouns = NounExtractor(NounConfig())
+    per = nouns.extract(CAPTIONS)
+    assert per[0] == ["man", "horse", "beach", "dog"]
+    assert per[1] == ["car", "building", "tree"]  # plurals lemmatised, adjectives/verbs dropped
+    assert per[2] == ["glass", "wine", "table"]
+    assert per[5] == []
+    assert "cat" in per[6] and "couch" in per[6] and "sleeping" not in per[6]
+    union = nouns.nouns_for_reference(CAPTIONS[:2])
+    assert union == ["man", "horse", "beach", "dog", "car", "building", "tree"]
+
+
+def test_maskblip_filters():
+    nouns = NounExtractor(SelfSegConfig().maskblip().nouns)
+    found = nouns.nouns_for_reference(CAPTIONS)
+    for dropped in ("background", "photo", "red"):
+        assert dropped not in found
+    assert all(len(n) > 2 for n in found)
+
+
+def test_fast_equals_reference_on_many_captions():
+    rng = random.Random(0)
+    words = " ".join(CAPTIONS).split() + ["zebras", "the", "mountains", "running", "skis", "of"]
+    lists = [
+        [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(rng.randint(0, 4))]
+        for _ in range(60)
+    ]
+    nouns = NounExtractor(NounConfig())
+    fast = nouns.nouns_for_many(lists)
+    again = nouns.nouns_for_many(lists)  # served from the cache
+    assert fast == again == [nouns.nouns_for_reference(caps) for caps in lists]
