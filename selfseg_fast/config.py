@@ -47,6 +47,9 @@ class ClusterConfig:
     # Hungarian cost: "iou" (paper: maximise cluster IoU) or "disagreement" (maskblip: minimise
     # the count of patches whose labels disagree).
     align_cost: Literal["iou", "disagreement"] = "iou"
+    # Fast engine's Hungarian solver: "batched" (all problems on the device, no host sync), "scipy"
+    # (copy the small matrices to the CPU), "auto" (batched on CUDA, scipy on CPU). Same results.
+    hungarian_solver: Literal["auto", "batched", "scipy"] = "auto"
     crf_smoothness_weight: float = 6.0
     crf_smoothness_theta: float = 0.8
     crf_iterations: int = 5  # crfseg's default number of mean-field iterations

@@ -69,9 +69,9 @@ def _random_runs(rng, b, r, k_values):
 
 def test_batched_alignment_and_votes_equal_reference():
     rng = np.random.default_rng(2)
-    for cost in ("iou", "disagreement"):
+    for cost, solver in (("iou", "batched"), ("disagreement", "batched"), ("iou", "scipy")):
         runs = _random_runs(rng, 6, 4, [2, 8])
-        votes, ok = align_and_vote_batched(torch.tensor(runs).reshape(6, 4, -1), 8, cost)
+        votes, ok = align_and_vote_batched(torch.tensor(runs).reshape(6, 4, -1), 8, cost, solver)
         for b in range(6):
             aligned = align_runs_reference(list(runs[b]), cost)
             ref_votes = vote_distribution_reference(aligned)  # [C, 32, 32]

@@ -200,8 +200,21 @@ def vote_distribution_reference(aligned: list[np.ndarray]) -> np.ndarray:
     return votes / votes.sum(0, keepdims=True)
 
 
+def solve_assignments_on_host(cost: torch.Tensor, n_rows: torch.Tensor, n_cols: torch.Tensor) -> torch.Tensor:
+    """`linear_sum_assignment_batched`'s contract, solved by SciPy problem by problem on the CPU
+    (one device-to-host copy of the small cost matrices; microseconds per 8x8 problem)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost_np, rows_np, cols_np = cost.cpu().numpy(), n_rows.cpu().numpy(), n_cols.cpu().numpy()
+    out = np.full(cost.shape[:2], -1, dtype=np.int64)
+    for p in range(len(cost_np)):
+        _, col = linear_sum_assignment(cost_np[p, : rows_np[p], : cols_np[p]])
+        out[p, : len(col)] = col
+    return torch.from_numpy(out).to(cost.device)
+
+
 def align_and_vote_batched(
-    runs: torch.Tensor, k: int, cost: str = "iou"
+    runs: torch.Tensor, k: int, cost: str = "iou", solver: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast path for B images at once: runs [B, R, N] labels (< k) -> (vote shares [B, k, N], channel
     mask [B, k]).
@@ -227,7 +240,10 @@ def align_and_vote_batched(
         2, order_ref[:, None, :].expand(-1, k, -1)
     )
     signed = -compact if cost == "iou" else compact
-    col = linear_sum_assignment_batched(signed, present_f.sum(1), ref_present.sum(1))  # [BR, k]
+    if solver == "auto":  # on the GPU: no host sync; on the CPU SciPy's loop is cheaper than many tiny ops
+        solver = "batched" if runs.is_cuda else "scipy"
+    solve = linear_sum_assignment_batched if solver == "batched" else solve_assignments_on_host
+    col = solve(signed, present_f.sum(1), ref_present.sum(1))  # [BR, k] (identical results)
     # mapping run id -> ref id (padding positions write to a scratch column k)
     mapping = torch.zeros(b * r, k + 1, dtype=torch.int64, device=dev)
     valid = col >= 0

@@ -92,7 +92,9 @@ def cluster_grid_batched(
         runs.append(to_output_grid(labels, feats.grid, out).reshape(bsz, len(cc.k_values), out * out))
     runs_t = torch.cat(runs, 1)  # [B, R, 32*32] in the reference's run order (resolution, then k)
     k_max = max(cc.k_values)
-    votes, channel_ok = align_and_vote_batched(runs_t, k_max, cc.align_cost)  # [B, k, N], [B, k]
+    votes, channel_ok = align_and_vote_batched(
+        runs_t, k_max, cc.align_cost, cc.hungarian_solver
+    )  # [B, k, N], [B, k]
     logits = crf_batched(
         votes.float().reshape(-1, k_max, out, out),
         channel_ok,
