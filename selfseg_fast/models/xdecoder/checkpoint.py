@@ -201,3 +201,151 @@ def load_official_weights(
         )
     model.load_state_dict({k: sd[k] for k in report.loaded}, strict=False)
     return report
+
+
+# ---- the official state-dict layout ------------------------------------------------------------------
+# Enumerated from the official module tree (microsoft/X-Decoder v1.0: backbone/focal_dw.py and focal.py,
+# body/encoder/transformer_encoder_fpn.py, body/decoder/xdecoder.py, language/vlpencoder.py,
+# LangEncoder/transformer.py, architectures/xdecoder_model.py), independently of our modules, so a test can
+# check that our port consumes every official key: 726 keys for Focal-T, 930 for Focal-L.
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OfficialLayout:
+    """The sizes that fix the official key names and shapes (defaults: Focal-T)."""
+
+    embed: int = 96
+    depths: Shape = (2, 2, 6, 2)
+    focal_levels: Shape = (3, 3, 3, 3)
+    depthwise: bool = True  # focal_dw (Focal-T) vs focal (Focal-L)
+    queries: int = 101  # NUM_OBJECT_QUERIES: 100 object queries + 1 class token
+    hidden: int = 512  # decoder hidden, CONVS_DIM, MASK_DIM, DIM_PROJ
+    ffn: int = 2048
+    enc_layers: int = 6
+    dec_layers: int = 9  # DEC_LAYERS 10 in the config; the code builds DEC_LAYERS - 1
+    text_width: int = 512
+    text_layers: int = 12
+    vocab: int = 49408
+    context: int = 77
+    num_classes: int = 133  # COCO panoptic: criterion.empty_weight has num_classes + 1 entries
+
+
+OFFICIAL_LAYOUTS = {
+    "focal-t": OfficialLayout(),
+    "focal-l": OfficialLayout(
+        embed=192, depths=(2, 2, 18, 2), focal_levels=(4, 4, 4, 4), depthwise=False, queries=201
+    ),
+}
+
+
+def _affine(name: str, n_out: int, n_in: int | None = None) -> dict[str, Shape]:
+    """Linear (n_in given) or norm (n_in None) weight + bias."""
+    return {f"{name}.weight": (n_out, n_in) if n_in is not None else (n_out,), f"{name}.bias": (n_out,)}
+
+
+def _mha(name: str, d: int) -> dict[str, Shape]:
+    return {
+        f"{name}.in_proj_weight": (3 * d, d),
+        f"{name}.in_proj_bias": (3 * d,),
+        **_affine(f"{name}.out_proj", d, d),
+    }
+
+
+def _official_backbone(lay: OfficialLayout) -> dict[str, Shape]:
+    e = lay.embed
+    out = {
+        "patch_embed.proj.weight": (e, 3, 7, 7),
+        "patch_embed.proj.bias": (e,),
+        **_affine("patch_embed.norm", e),
+    }
+    for i, depth in enumerate(lay.depths):
+        c, lv = e * 2**i, lay.focal_levels[i]
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}."
+            dw = {p + "dw1.weight": (c, 1, 3, 3), p + "dw1.bias": (c,)} if lay.depthwise else {}
+            out.update(dw)
+            out.update(_affine(p + "norm1", c))
+            out.update(_affine(p + "modulation.f", 2 * c + lv + 1, c))
+            out.update({p + "modulation.h.weight": (c, c, 1, 1), p + "modulation.h.bias": (c,)})
+            out.update(_affine(p + "modulation.proj", c, c))
+            for level in range(lv):
+                k = 3 + 2 * level  # focal_factor 2 * level + focal_window 3
+                out[p + f"modulation.focal_layers.{level}.0.weight"] = (c, 1, k, k)
+            if lay.depthwise:
+                out.update({p + "dw2.weight": (c, 1, 3, 3), p + "dw2.bias": (c,)})
+            out.update(_affine(p + "norm2", c))
+            out.update({**_affine(p + "mlp.fc1", 4 * c, c), **_affine(p + "mlp.fc2", c, 4 * c)})
+            out.update({p + "gamma_1": (c,), p + "gamma_2": (c,)})
+        if i < len(lay.depths) - 1:
+            p = f"layers.{i}.downsample."
+            out.update(
+                {p + "proj.weight": (2 * c, c, 3, 3), p + "proj.bias": (2 * c,), **_affine(p + "norm", 2 * c)}
+            )
+    for i in range(len(lay.depths)):
+        out.update(_affine(f"norm{i}", e * 2**i))
+    return out
+
+
+def _official_pixel_decoder(lay: OfficialLayout) -> dict[str, Shape]:
+    d, channels = lay.hidden, [lay.embed * 2**i for i in range(len(lay.depths))]
+    out: dict[str, Shape] = {}
+    for k, c in enumerate(channels[:-1], start=1):
+        out.update(
+            {f"adapter_{k}.weight": (d, c, 1, 1), **_affine(f"adapter_{k}.norm", d)}
+        )  # GN: no conv bias
+    for k in range(1, len(channels) + 1):
+        out.update({f"layer_{k}.weight": (d, d, 3, 3), **_affine(f"layer_{k}.norm", d)})
+    out.update({"mask_features.weight": (d, d, 3, 3), "mask_features.bias": (d,)})
+    out.update({"input_proj.weight": (d, channels[-1], 1, 1), "input_proj.bias": (d,)})
+    for n in range(lay.enc_layers):
+        p = f"transformer.encoder.layers.{n}."
+        out.update({**_mha(p + "self_attn", d), **_affine(p + "linear1", lay.ffn, d)})
+        out.update(
+            {**_affine(p + "linear2", d, lay.ffn), **_affine(p + "norm1", d), **_affine(p + "norm2", d)}
+        )
+    return out
+
+
+def _official_language(lay: OfficialLayout) -> dict[str, Shape]:
+    w, p = lay.text_width, "lang_encoder."
+    out = {p + "token_embedding.weight": (lay.vocab, w), p + "positional_embedding": (lay.context, w)}
+    for n in range(lay.text_layers):
+        b = f"{p}resblocks.{n}."
+        out.update({**_mha(b + "attn", w), **_affine(b + "ln_1", w), **_affine(b + "mlp.c_fc", 4 * w, w)})
+        out.update({**_affine(b + "mlp.c_proj", w, 4 * w), **_affine(b + "ln_2", w)})
+    out.update(_affine(p + "ln_final", w))
+    out.update({"lang_proj": (w, lay.hidden), "logit_scale": ()})
+    return out
+
+
+def _official_predictor(lay: OfficialLayout) -> dict[str, Shape]:
+    d, q = lay.hidden, lay.queries
+    out: dict[str, Shape] = {}
+    for n in range(lay.dec_layers):
+        sa, ca, ff = (f"transformer_{s}_layers.{n}." for s in ("self_attention", "cross_attention", "ffn"))
+        out.update({**_mha(sa + "self_attn", d), **_affine(sa + "norm", d)})
+        out.update({**_mha(ca + "multihead_attn", d), **_affine(ca + "norm", d)})
+        out.update({**_affine(ff + "linear1", lay.ffn, d), **_affine(ff + "linear2", d, lay.ffn)})
+        out.update(_affine(ff + "norm", d))
+    out.update(_affine("decoder_norm", d))
+    out.update({"query_feat.weight": (q, d), "query_embed.weight": (q, d), "level_embed.weight": (3, d)})
+    for k in range(3):
+        out.update(_affine(f"mask_embed.layers.{k}", d, d))
+    out.update({"class_embed": (d, d), "caping_embed": (d, d), "pos_embed_caping.weight": (lay.context, d)})
+    out["self_attn_mask"] = (1, q + lay.context, q + lay.context)
+    out.update({"lang_encoder." + k: s for k, s in _official_language(lay).items()})
+    return out
+
+
+def official_key_shapes(layout: str | OfficialLayout = "focal-t") -> dict[str, Shape]:
+    """Every key and shape of an official X-Decoder checkpoint (`layout`: "focal-t", "focal-l" or sizes)."""
+    lay = OFFICIAL_LAYOUTS[layout] if isinstance(layout, str) else layout
+    out = {"backbone." + k: s for k, s in _official_backbone(lay).items()}
+    out.update({"sem_seg_head.pixel_decoder." + k: s for k, s in _official_pixel_decoder(lay).items()})
+    out.update({"sem_seg_head.predictor." + k: s for k, s in _official_predictor(lay).items()})
+    out.update(
+        {"backbone_proj": (8 * lay.embed, lay.hidden), "criterion.empty_weight": (lay.num_classes + 1,)}
+    )
+    return out
