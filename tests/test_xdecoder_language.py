@@ -6,6 +6,7 @@ definition; the official per-class loop (`embed_reference`). Tolerances (float32
 
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 from pathlib import Path
@@ -175,6 +176,17 @@ def test_fast_equals_reference_on_fresh_inputs() -> None:
             torch.testing.assert_close(
                 enc.forward_language(ids, impl="fast"), enc.forward_language(ids), **TOL
             )
+
+
+def test_bfloat16_fast_path_stays_close_to_float32() -> None:
+    """The GPU path runs half precision; the TF LayerNorm keeps its statistics in float32. Cosine >= 0.995."""
+    enc = _random_encoder(600, seed=5)
+    ids = _random_ids(600, eot=[5, 30, 76])
+    with torch.no_grad():
+        ref = enc.forward_language(ids, impl="reference")
+        low = copy.deepcopy(enc).to(torch.bfloat16).forward_language(ids, impl="fast")
+    assert low.dtype == torch.bfloat16
+    assert ((ref * low.float()).sum(-1) >= 0.995).all()
 
 
 def test_pooling_is_causal_and_at_first_eot() -> None:
