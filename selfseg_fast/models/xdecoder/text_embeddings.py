@@ -10,6 +10,7 @@ L2-normalize the mean. Two implementations:
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -60,7 +61,7 @@ class TextEmbedder:
 
     The cache holds one normalized vector per class name (at most `max_cached`, least recently used
     dropped first). Call `clear()` after changing the encoder's weights. `encoder_passes` counts encoder
-    forward calls (tests and profiling read it).
+    forward calls (tests and profiling read it). Calls are serialized by a lock (serving threads share one).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class TextEmbedder:
         self.batch_size = batch_size
         self.max_cached = max_cached
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.encoder_passes = 0
 
     def __len__(self) -> int:
@@ -87,11 +89,16 @@ class TextEmbedder:
         return name in self._cache
 
     def clear(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def __call__(self, class_names: Sequence[str]) -> torch.Tensor:
         """class_names (C) -> normalized embeddings [C, proj_dim] float32 on the encoder's device."""
         names = _check_names(class_names)
+        with self._lock:
+            return self._lookup(names)
+
+    def _lookup(self, names: list[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(n for n in names if n not in self._cache))
         if missing:
             for name, emb in zip(missing, self._encode(missing)):
