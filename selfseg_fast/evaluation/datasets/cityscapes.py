@@ -17,6 +17,17 @@ CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
+# Other words for a class, from the class definitions on the Cityscapes website (e.g. vegetation: "trees,
+# hedges, all kinds of vertical vegetation"; terrain: "grass, all kinds of horizontal vegetation, soil or
+# sand"); a predicted noun equal to one of them is the class itself.
+CITYSCAPES_SYNONYMS = {
+    "vegetation": ["tree", "hedge", "bush"],
+    "terrain": ["grass", "soil", "sand"],
+    "person": ["pedestrian"],
+    "rider": ["cyclist", "motorcyclist"],
+    "train": ["tram"],
+    "traffic sign": ["sign"],
+}
 
 # labelId -> trainId for the evaluated labels; all other label ids are ignored (255).
 LABEL_ID_TO_TRAIN_ID = {
@@ -82,6 +93,7 @@ class CityscapesDataset(Dataset):
             raise DatasetError("no *_leftImg8bit.png images found in its city folders", path=str(image_dir))
         super().__init__(root, list(CITYSCAPES_CLASSES), entries)
         self._lut = label_id_lut()
+        self.class_synonyms = [[name, *CITYSCAPES_SYNONYMS.get(name, [])] for name in CITYSCAPES_CLASSES]
 
     def _read_label(self, path: Path) -> np.ndarray:
         label_ids = read_index_png(path)

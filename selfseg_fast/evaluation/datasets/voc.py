@@ -14,6 +14,15 @@ VOC_CLASSES = (
     "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
     "tv monitor",
 )  # fmt: skip
+# Other words for a class (used to recognise a predicted noun as the class itself, and by the WordNet
+# mapper); the LLM prompts list only VOC_CLASSES.
+VOC_SYNONYMS = {
+    "aeroplane": ["airplane"],
+    "dining table": ["table"],
+    "motorbike": ["motorcycle"],
+    "potted plant": ["houseplant"],
+    "tv monitor": ["television", "tv", "monitor"],
+}
 
 
 class VOCDataset(Dataset):
@@ -36,6 +45,7 @@ class VOCDataset(Dataset):
             Entry(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids
         ]
         super().__init__(root, list(VOC_CLASSES), entries)
+        self.class_synonyms = [[name, *VOC_SYNONYMS.get(name, [])] for name in VOC_CLASSES]
 
     def _read_label(self, path: Path):
         # Palette PNG: pixel values are the class indices (0..20) and 255 for void.
