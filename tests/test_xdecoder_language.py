@@ -135,6 +135,12 @@ def test_folder_without_vocab_is_a_one_line_error(tmp_path: Path) -> None:
         load_clip_tokenizer(str(tmp_path))
 
 
+def test_unreachable_hub_id_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="cannot load the CLIP tokenizer"):
+        load_clip_tokenizer("no-such-org/no-such-clip-tokenizer")
+
+
 @pytest.mark.skipif(bundled_bpe_path() is None, reason="open_clip_torch (CLIP BPE file) not installed")
 def test_real_clip_vocabulary_offline() -> None:
     tok = load_clip_tokenizer()

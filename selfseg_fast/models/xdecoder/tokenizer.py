@@ -83,7 +83,7 @@ def load_clip_tokenizer(source: str | None = None) -> CLIPTokenizer:
     else:
         try:
             tok = CLIPTokenizer.from_pretrained(source)
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:  # offline HF raises any of these
             raise WeightsError(
                 f"cannot load the CLIP tokenizer {source!r} offline; install open_clip_torch "
                 "(pip install --no-deps open_clip_torch: it ships the BPE file) or pass a folder "
