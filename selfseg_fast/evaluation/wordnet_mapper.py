@@ -57,33 +57,11 @@ def _ancestor_distances(synset) -> dict:
     return distances
 
 
+# Words that end a definition's genus phrase ("a person WHO rides...", "a seat FOR...").
 _CLAUSE_WORDS = frozenset(
-    [
-        "who",
-        "whose",
-        "which",
-        "that",
-        "for",
-        "with",
-        "without",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "from",
-        "by",
-        "used",
-        "as",
-        "where",
-        "when",
-        "usually",
-        "especially",
-        "often",
-        "or",
-        "and",
-    ]
-)
+    ("who", "whose", "which", "that", "for", "with", "without", "of", "in", "on", "at", "to", "from", "by",
+     "used", "as", "where", "when", "usually", "especially", "often", "or", "and")
+)  # fmt: skip
 
 
 def genus_phrase(definition: str) -> list[str]:
