@@ -144,6 +144,8 @@ def test_resume_after_interrupt_gives_the_same_scores(dataset, tmp_path):
     done_first = {e.image_path.as_posix() for e in dataset.entries[:2]}
     assert not done_first & {str(p) for p in second.described}  # the first two were not redone
     assert resumed.miou == one_shot.miou and resumed.cmiou == one_shot.cmiou  # exact: same pixels counted
+    # Speed and stage times cover all five images, the two resumed from disk included.
+    assert resumed.ms_per_stage["encode"] == pytest.approx(10.0) and resumed.seconds_total > 0
     # --limit then the full run: only the rest is computed.
     third = FakePipeline(dataset)
     run_bench(dataset, third, ResultsStore(tmp_path / "c"), love=make_love(tmp_path), limit=2)
@@ -188,6 +190,9 @@ def test_cli_table_results_json_and_cycles_sweep(dataset, tmp_path, monkeypatch,
         assert data["config"]["caption"]["cycles"] == n and data["config"]["preset"] == "cityscapes"
         assert data["summary"]["images_scored"] == 5 and data["love"]["backend"] == "wordnet"
         assert data["love"]["mapping"]["road"] == "road"
+    # Everything is on disk: a rerun loads no model at all.
+    made.clear()
+    assert main(argv + ["--llm", "wordnet", "--cycles-sweep", "1"]) == 0 and made == []
     assert main(argv + ["--cycles-sweep", "0"]) == 2  # one-line error, exit 2
 
 

@@ -104,9 +104,7 @@ def bench_once(dataset, cfg, out: Path, args: argparse.Namespace, love, pipeline
     from selfseg_fast.evaluation.runner import run_bench
 
     if pipeline is None:
-        from selfseg_fast.pipeline import SelfSegPipeline
-
-        pipeline = SelfSegPipeline(cfg)
+        pipeline = LazyPipeline(cfg)
     store = ResultsStore(out)
     summary = run_bench(
         dataset,
@@ -132,6 +130,27 @@ def bench_once(dataset, cfg, out: Path, args: argparse.Namespace, love, pipeline
         }
     )
     return summary
+
+
+class LazyPipeline:
+    """Builds `SelfSegPipeline(cfg)` on first use: a fully resumed run loads no model."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self._pipeline = None
+
+    def _get(self):
+        if self._pipeline is None:
+            from selfseg_fast import pipeline as pipeline_module
+
+            self._pipeline = pipeline_module.SelfSegPipeline(self.cfg)
+        return self._pipeline
+
+    def describe(self, images):
+        return self._get().describe(images)
+
+    def segment(self, images, class_names):
+        return self._get().segment(images, class_names)
 
 
 def format_table(rows, dataset: str, mode: str, backend: str) -> str:
