@@ -11,7 +11,12 @@ import pytest
 from selfseg_fast.evaluation.datasets.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
 from selfseg_fast.evaluation.datasets.synthetic import write_synthetic_cityscapes
 from selfseg_fast.evaluation.love import LOVE, LoveCache, Vocabulary
-from selfseg_fast.evaluation.metrics import ConfusionMatrix, match_clusters_to_classes, upsample_grid
+from selfseg_fast.evaluation.metrics import (
+    ClusterScore,
+    ConfusionMatrix,
+    match_clusters_to_classes,
+    upsample_grid,
+)
 from selfseg_fast.evaluation.results import ResultsStore
 from selfseg_fast.evaluation.runner import run_bench
 from selfseg_fast.records import ImageResult
@@ -94,6 +99,7 @@ def expected_scores(dataset):
     to_train = {0: 0, 1: 1, 2: 2, 8: 8, 10: 10, 13: 13}  # what LOVE should produce per GT class
     tp, fp, fn = np.zeros(19), np.zeros(19), np.zeros(19)
     cluster_conf = ConfusionMatrix(19, 255)
+    cluster_score = ClusterScore(255)
     for sample in dataset:
         gt = sample.label
         pred = np.full(gt.shape, -1)
@@ -107,18 +113,20 @@ def expected_scores(dataset):
         grid = gt[np.ix_(np.arange(32) * gt.shape[0] // 32, np.arange(32) * gt.shape[1] // 32)] * 3 + 1
         clusters = upsample_grid(grid, gt.shape)
         cluster_conf.update(gt, match_clusters_to_classes(gt, clusters, 19, 255))
+        cluster_score.update(gt, clusters)
     denom = tp + fp + fn
     iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
-    return float(np.nanmean(iou)), cluster_conf.miou()
+    return float(np.nanmean(iou)), cluster_score.value(), cluster_conf.miou()
 
 
 def test_scores_match_independent_count(dataset, tmp_path):
     summary = run_bench(
         dataset, FakePipeline(dataset), ResultsStore(tmp_path / "out"), love=make_love(tmp_path)
     )
-    miou, cmiou = expected_scores(dataset)
+    miou, cmiou, cmiou_matched = expected_scores(dataset)
     assert summary.miou == pytest.approx(miou, abs=1e-12)
     assert summary.cmiou == pytest.approx(cmiou, abs=1e-12)
+    assert summary.cmiou_matched == pytest.approx(cmiou_matched, abs=1e-12)
     assert summary.iou_per_class["person"] == 0.0  # 'banana' -> background -> a miss
     assert summary.images_scored == summary.images_run == 5
     assert summary.ms_per_stage["encode"] == pytest.approx(10.0)
@@ -144,6 +152,7 @@ def test_resume_after_interrupt_gives_the_same_scores(dataset, tmp_path):
     done_first = {e.image_path.as_posix() for e in dataset.entries[:2]}
     assert not done_first & {str(p) for p in second.described}  # the first two were not redone
     assert resumed.miou == one_shot.miou and resumed.cmiou == one_shot.cmiou  # exact: same pixels counted
+    assert resumed.cmiou_matched == one_shot.cmiou_matched
     # Speed and stage times cover all five images, the two resumed from disk included.
     assert resumed.ms_per_stage["encode"] == pytest.approx(10.0) and resumed.seconds_total > 0
     # --limit then the full run: only the rest is computed.

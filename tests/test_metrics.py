@@ -13,7 +13,10 @@ from PIL import Image
 from selfseg_fast.evaluation.datasets.cityscapes import CityscapesDataset, train_id_to_label_id
 from selfseg_fast.evaluation.datasets.synthetic import write_synthetic_cityscapes
 from selfseg_fast.evaluation.metrics import (
+    ClusterScore,
     ConfusionMatrix,
+    best_iou_per_segment,
+    best_iou_per_segment_reference,
     confusion_matrix,
     confusion_matrix_reference,
     iou_per_class,
@@ -158,3 +161,30 @@ def test_upsample_grid_matches_torch_nearest(size):
     grid = torch.randint(0, 8, (32, 32))
     ref = torch.nn.functional.interpolate(grid[None, None].float(), size=size, mode="nearest")[0, 0].long()
     np.testing.assert_array_equal(upsample_grid(grid.numpy(), size), ref.numpy())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_segment_iou_fast_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 6, size=(12, 16)).repeat(2, 0).repeat(2, 1)
+    gt[rng.random(gt.shape) < 0.1] = IGNORE
+    clusters = rng.integers(0, 4, size=(6, 8)).repeat(4, 0).repeat(4, 1) * 5
+    fast = best_iou_per_segment(gt, clusters, IGNORE, skip_classes=(0,))
+    ref = best_iou_per_segment_reference(gt, clusters, IGNORE, skip_classes=(0,))
+    assert fast.keys() == ref.keys() and 0 not in fast
+    for c in ref:
+        assert fast[c] == pytest.approx(ref[c], abs=1e-12)
+
+
+def test_cmiou_by_hand():
+    """Two images; the background class (0) and void are not scored; a cluster may serve two segments."""
+    gt1 = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, IGNORE, IGNORE]])
+    cl1 = np.array([[5, 5, 5, 5], [5, 5, 5, 5], [5, 5, 7, 7]])  # one cluster over classes 1 and 2
+    gt2 = np.array([[3, 3, 3, 0]])
+    cl2 = np.array([[1, 1, 2, 2]])
+    score = ClusterScore(IGNORE, skip_classes=(0,))
+    score.update(gt1, cl1)
+    score.update(gt2, cl2)
+    # image 1: class 1 IoU 4/10 (cluster 5 covers 10 valid pixels), class 2 IoU 4/10 -> 0.4
+    # image 2: class 3 best IoU 2/3 (cluster 1) -> 0.6667; cmIoU = mean(0.4, 0.6667)
+    assert score.value() == pytest.approx((0.4 + 2 / 3) / 2, abs=1e-12)
