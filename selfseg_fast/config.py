@@ -64,6 +64,9 @@ class CaptionConfig:
     min_new_tokens: int = 4
     max_new_tokens: int = 25
     top_p: float = 1.0
+    # 0 = no top-k cut (the paper's pure nucleus sampling). LAVIS left HF's default top_k=50 active,
+    # so the authors' released code sampled from the 50 most likely tokens: maskblip() sets 50.
+    top_k: int = 0
     repetition_penalty: float = 100.0  # paper; maskblip's LAVIS path effectively used 1.1
     do_sample: bool = True  # False: greedy decoding (parity checks)
     cycles: int = 1  # captioning cycles per cluster; set by the preset
@@ -143,6 +146,7 @@ class SelfSegConfig:
         cfg.cluster.k_values = tuple(range(2, 9))
         cfg.cluster.align_cost = "disagreement"
         cfg.caption.repetition_penalty = 1.1
+        cfg.caption.top_k = 50
         cfg.nouns.min_length = 3
         cfg.nouns.block_list = MASKBLIP_BLOCK_LIST
         cfg.nouns.drop_colour_words = True

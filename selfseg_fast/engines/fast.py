@@ -41,7 +41,9 @@ class FastEngine:
         self.cfg = cfg
         self.device = resolve_device(cfg)
         self.blip = load_blip(cfg, self.device)
-        self.encoder = FastEncoder(self.blip, cfg, self.device)
+        self.encoder = FastEncoder(self.blip, cfg, self.device)  # its own SDPA copy of the vision tower
+        if self.device.type == "cuda" and self.encoder.dtype != torch.float32:
+            self.blip.model.text_decoder.to(self.encoder.dtype)  # the caption sampler runs in fp16/bf16 too
         self.nouns = NounExtractor(cfg.nouns)
         self.batch_size = max(1, cfg.batch_size)
         self._noun_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfseg-nouns")
