@@ -9,6 +9,8 @@ no memory; the load itself is checked on a tiny configuration with random values
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,6 +60,48 @@ def test_official_key_list_sizes_and_spot_checks() -> None:
     assert t["sem_seg_head.predictor.lang_encoder.lang_encoder.token_embedding.weight"] == (49408, 512)
     assert t["sem_seg_head.predictor.lang_encoder.logit_scale"] == ()
     assert t["backbone_proj"] == (768, 512) and big["backbone_proj"] == (1536, 512)
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "xdecoder" / "tiny_official.pt"
+
+
+@pytest.mark.skipif(not FIXTURE.is_file(), reason="official parity fixture not present")
+def test_layout_table_equals_the_official_state_dict_of_the_fixture() -> None:
+    """The fixture's state dict came out of the official code (PROVENANCE.md): names AND shapes must match,
+    and the loader must take its backbone and language encoder with nothing missing."""
+    fx = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    m = fx["config"]["MODEL"]
+    dec, f, text = m["DECODER"], m["BACKBONE"]["FOCAL"], m["TEXT"]
+    layout = OfficialLayout(
+        embed=f["EMBED_DIM"],
+        depths=tuple(f["DEPTHS"]),
+        focal_levels=tuple(f["FOCAL_LEVELS"]),
+        queries=dec["NUM_OBJECT_QUERIES"],
+        hidden=dec["HIDDEN_DIM"],
+        proj=m["DIM_PROJ"],
+        ffn=dec["DIM_FEEDFORWARD"],
+        enc_layers=m["ENCODER"]["TRANSFORMER_ENC_LAYERS"],
+        dec_layers=dec["DEC_LAYERS"] - 1,
+        text_width=text["WIDTH"],
+        text_layers=text["LAYERS"],
+        vocab=fx["config"]["VOCAB_SIZE"],
+        context=text["CONTEXT_LENGTH"],
+    )
+    assert {k: tuple(v.shape) for k, v in fx["state_dict"].items()} == official_key_shapes(layout)
+    net = FocalNet(FocalNetConfig(embed_dim=f["EMBED_DIM"], depths=tuple(f["DEPTHS"])))
+    report = load_official_weights(net, fx["state_dict"], prefix="backbone.")
+    assert report.ok and len(report.loaded) == len(net.state_dict())
+    lang_cfg = LanguageConfig(
+        vocab_size=fx["config"]["VOCAB_SIZE"],
+        width=text["WIDTH"],
+        layers=text["LAYERS"],
+        heads=text["HEADS"],
+        proj_dim=m["DIM_PROJ"],
+    )
+    report = load_official_weights(
+        LanguageEncoder(lang_cfg), fx["state_dict"], prefix="sem_seg_head.predictor.lang_encoder."
+    )
+    assert report.ok and len(report.loaded) == 4 + 12 * text["LAYERS"] + 2
 
 
 @pytest.mark.parametrize(

@@ -221,7 +221,8 @@ class OfficialLayout:
     focal_levels: Shape = (3, 3, 3, 3)
     depthwise: bool = True  # focal_dw (Focal-T) vs focal (Focal-L)
     queries: int = 101  # NUM_OBJECT_QUERIES: 100 object queries + 1 class token
-    hidden: int = 512  # decoder hidden, CONVS_DIM, MASK_DIM, DIM_PROJ
+    hidden: int = 512  # decoder hidden, CONVS_DIM, MASK_DIM
+    proj: int = 512  # DIM_PROJ: the shared text/query embedding size
     ffn: int = 2048
     enc_layers: int = 6
     dec_layers: int = 9  # DEC_LAYERS 10 in the config; the code builds DEC_LAYERS - 1
@@ -316,7 +317,7 @@ def _official_language(lay: OfficialLayout) -> dict[str, Shape]:
         out.update({**_mha(b + "attn", w), **_affine(b + "ln_1", w), **_affine(b + "mlp.c_fc", 4 * w, w)})
         out.update({**_affine(b + "mlp.c_proj", w, 4 * w), **_affine(b + "ln_2", w)})
     out.update(_affine(p + "ln_final", w))
-    out.update({"lang_proj": (w, lay.hidden), "logit_scale": ()})
+    out.update({"lang_proj": (w, lay.proj), "logit_scale": ()})
     return out
 
 
@@ -333,7 +334,8 @@ def _official_predictor(lay: OfficialLayout) -> dict[str, Shape]:
     out.update({"query_feat.weight": (q, d), "query_embed.weight": (q, d), "level_embed.weight": (3, d)})
     for k in range(3):
         out.update(_affine(f"mask_embed.layers.{k}", d, d))
-    out.update({"class_embed": (d, d), "caping_embed": (d, d), "pos_embed_caping.weight": (lay.context, d)})
+    out.update({"class_embed": (d, lay.proj), "caping_embed": (d, lay.proj)})
+    out["pos_embed_caping.weight"] = (lay.context, d)
     out["self_attn_mask"] = (1, q + lay.context, q + lay.context)
     out.update({"lang_encoder." + k: s for k, s in _official_language(lay).items()})
     return out
@@ -345,7 +347,5 @@ def official_key_shapes(layout: str | OfficialLayout = "focal-t") -> dict[str, S
     out = {"backbone." + k: s for k, s in _official_backbone(lay).items()}
     out.update({"sem_seg_head.pixel_decoder." + k: s for k, s in _official_pixel_decoder(lay).items()})
     out.update({"sem_seg_head.predictor." + k: s for k, s in _official_predictor(lay).items()})
-    out.update(
-        {"backbone_proj": (8 * lay.embed, lay.hidden), "criterion.empty_weight": (lay.num_classes + 1,)}
-    )
+    out.update({"backbone_proj": (8 * lay.embed, lay.proj), "criterion.empty_weight": (lay.num_classes + 1,)})
     return out
