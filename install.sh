@@ -13,6 +13,11 @@ $PY -m pip install -q "$TORCH_SPEC"
 $PY -m pip install -q -e ".[${EXTRAS}]"
 # crfseg declares torchvision, which does not import beside the CPU torch wheel; it needs only torch.
 $PY -m pip install -q --no-deps "crfseg==1.0.0"
+# The mIoU cross-check runs the official cityscapesscripts evaluation; its declared deps (matplotlib,
+# the old `typing` backport) are not needed for that, so install it and its light helpers without them.
+if [ "$EXTRAS" != "" ]; then
+  $PY -m pip install -q --no-deps cityscapesscripts pyquaternion coloredlogs humanfriendly appdirs
+fi
 
 # WordNet for NLTK: Debian/Ubuntu ship it as wordnet-base + wordnet-sense-index (offline-friendly).
 if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; then

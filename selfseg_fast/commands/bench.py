@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, metavar="N", help="images per pipeline call (default: config)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run the pipeline data-parallel on a Ray cluster (one actor with the models per GPU); "
+        "'local' starts Ray on this machine",
+    )
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -106,6 +113,8 @@ def bench_once(dataset, cfg, out: Path, args: argparse.Namespace, love, pipeline
     if pipeline is None:
         pipeline = LazyPipeline(cfg)
     store = ResultsStore(out)
+    if getattr(args, "ray", None):
+        pipeline = _precompute_on_ray(dataset, store, cfg, args, pipeline)
     summary = run_bench(
         dataset,
         pipeline,
@@ -130,6 +139,22 @@ def bench_once(dataset, cfg, out: Path, args: argparse.Namespace, love, pipeline
         }
     )
     return summary
+
+
+def _precompute_on_ray(dataset, store, cfg, args, fallback):
+    """Describe (+ segment) every image this run still needs on Ray actors; the scoring loop then reads
+    those results in order, exactly as if it had computed them itself (seeds depend only on pixels)."""
+    from selfseg_fast.distributed import PrecomputedPipeline, precompute_with_ray
+
+    needs_prediction = args.mode != "bcc-only"
+    indices = range(len(dataset))[: args.limit]
+    todo = [
+        str(dataset.entries[i].image_path)
+        for i in indices
+        if not store.is_done(dataset.entries[i].id, needs_prediction=needs_prediction)
+    ]
+    results = precompute_with_ray(todo, cfg, args.ray, segment=needs_prediction)
+    return PrecomputedPipeline(results, fallback)
 
 
 class LazyPipeline:
