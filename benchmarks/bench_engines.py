@@ -86,6 +86,21 @@ def measure(cfg: SelfSegConfig, images: list[LoadedImage], repeats: int) -> dict
     }
 
 
+def measure_latency(cfg: SelfSegConfig, images: list[LoadedImage], n: int) -> dict:
+    """Single-image latency: one image per call, `n` calls after a warm-up; p50 / p99 in ms."""
+    engine = build_engine(cfg.with_overrides({"batch_size": 1}))
+    engine.describe(images[:1])
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        engine.describe([images[i % len(images)]])
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    q = np.percentile(times, [50, 99])
+    return {"latency_p50_ms": float(q[0]), "latency_p99_ms": float(q[1])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engines", nargs="+", default=["reference", "fast"])
     parser.add_argument("--out", default="benchmarks/results.csv")
+    parser.add_argument(
+        "--latency", type=int, default=0, metavar="N", help="also measure single-image latency over N calls"
+    )
     args = parser.parse_args(argv)
 
     images = synthetic_images(max(args.images, args.reference_images))
@@ -116,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                     "batch": batch,
                     **measure(cfg, subset, args.repeats),
                 }
+                if args.latency and batch == 1:
+                    row.update(measure_latency(cfg, subset, args.latency))
                 rows.append(row)
                 print(_format_row(row), file=sys.stderr, flush=True)
     meta = {
@@ -151,9 +171,10 @@ def _write(rows: list[dict], meta: dict, out: Path) -> None:
         "",
     ]
     lines.append(
-        "| preset | engine | batch | images/s | x reference | ms/image | encode | cluster | caption | nouns |"
+        "| preset | engine | batch | images/s | x reference | ms/image | encode | cluster | caption | nouns "
+        "| p50 latency ms | peak GiB |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speedup = r["images_per_s"] / ref[r["preset"]] if r["preset"] in ref else float("nan")
         stages = " | ".join(
@@ -161,7 +182,8 @@ def _write(rows: list[dict], meta: dict, out: Path) -> None:
         )
         lines.append(
             f"| {r['preset']} | {r['engine']} | {r['batch']} | {r['images_per_s']:.2f} | {speedup:.1f} | "
-            f"{r['ms_per_image']:.1f} | {stages} |"
+            f"{r['ms_per_image']:.1f} | {stages} | {r.get('latency_p50_ms', float('nan')):.1f} | "
+            f"{r['peak_mem_gib']:.2f} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -122,6 +122,10 @@ class SelfSegConfig:
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # fast engine's compute dtype on CUDA
     batch_size: int = 16  # fast engine: images per batch (halved automatically on CUDA out-of-memory)
     device: str | None = None  # None: cuda if available, else cpu
+    # Fast engine: torch.compile the vision tower. On CUDA this uses mode="reduce-overhead" (CUDA graphs,
+    # captured once per batch shape), and batches are padded to power-of-two buckets so that only a few
+    # shapes exist; `SelfSegService.warmup` captures them all before the first request.
+    compile: bool = False
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)

@@ -134,12 +134,20 @@ class SelfSegService:
         )
 
     def warmup(self) -> None:
-        """One full pass on a synthetic image at each resolution bucket (kernels, caches, allocator)."""
+        """Run every batch shape the service will see before the first request: one full pass (the
+        segmenter included), then the BCC stages at each power-of-two batch size up to `max_batch`
+        (with `compile=True` these are the CUDA-graph buckets; otherwise this warms kernels and the
+        allocator)."""
         rng = np.random.default_rng(0)
         from selfseg_fast.images import LoadedImage
 
         rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        self.pipeline.run([LoadedImage("warmup", rgb, "RGB", (64, 64))])
+        image = LoadedImage("warmup", rgb, "RGB", (64, 64))
+        self.pipeline.run([image])
+        size = 2
+        while size <= self.options.max_batch:
+            self.pipeline.describe([image] * size)
+            size *= 2
 
     def segment(self, image: LoadedImage, timeout: float | None = None) -> Segmentation:
         return self.batcher(image, timeout)

@@ -71,3 +71,14 @@ def test_fast_tower_half_precision_on_gpu():
     fast = FastEncoder(bundle, cfg, "cuda")(images)
     for res in ref:
         torch.testing.assert_close(fast[res].tokens.float(), ref[res].tokens, rtol=0, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_compiled_bucketed_encoder_matches_reference():
+    """compile=True (CPU: inductor; CUDA: CUDA graphs) pads batches to power-of-two buckets."""
+    cfg = SelfSegConfig(weights="random-tiny").with_overrides({"compile": True, "encoder.resolutions": [384]})
+    bundle = load_blip(cfg)
+    images = [np.random.default_rng(i).integers(0, 255, (32, 48, 3), dtype=np.uint8) for i in range(3)]
+    fast = FastEncoder(bundle, cfg, "cpu")(images)  # batch 3 runs as a bucket of 4
+    ref = encode_reference(bundle, images, cfg)
+    torch.testing.assert_close(fast[384].tokens, ref[384].tokens, rtol=0, atol=1e-4)

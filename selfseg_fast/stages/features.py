@@ -84,6 +84,10 @@ class FastEncoder:
             self.dtype = torch.float32
         self.patch = bundle.patch_size
         self.tower = FastBlipVision.from_hf(bundle.model.vision_model, self.dtype).to(self.device)
+        self.bucketed = cfg.compile
+        if cfg.compile:
+            mode = "reduce-overhead" if on_gpu else "default"  # reduce-overhead = CUDA graphs
+            self.tower = torch.compile(self.tower, mode=mode, dynamic=False)
         self.mean = torch.tensor(cfg.encoder.image_mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.encoder.image_std, device=self.device).view(1, 3, 1, 1)
 
@@ -98,8 +102,15 @@ class FastEncoder:
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> dict[int, PatchFeatures]:
         out: dict[int, PatchFeatures] = {}
+        n = len(images)
         for res in self.cfg.encoder.resolutions:
-            hidden = self.tower(self.pixels(images, res))  # [B, 1+N, C]
+            pixels = self.pixels(images, res)
+            if self.bucketed:  # fixed shapes for compiled / graph-captured code: pad to a power of two
+                bucket = 1 << (n - 1).bit_length()
+                pixels = (
+                    torch.cat([pixels, pixels[-1:].expand(bucket - n, -1, -1, -1)]) if bucket > n else pixels
+                )
+            hidden = self.tower(pixels)[:n]  # [B, 1+N, C]
             tokens = hidden[:, 1:]
             grid = res // self.patch
             out[res] = PatchFeatures(
