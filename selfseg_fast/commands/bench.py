@@ -22,6 +22,7 @@ from pathlib import Path
 
 from selfseg_fast.commands.options import add_config_options, config_from_args
 from selfseg_fast.errors import SelfSegError
+from selfseg_fast.profiling import maybe_profile, write_stage_table
 
 DATASET_PRESETS = {"voc": "voc", "ade20k": "ade20k", "cityscapes": "cityscapes", "synthetic": "cityscapes"}
 
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, metavar="N", help="images per pipeline call (default: config)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
     parser.add_argument(
         "--ray",
         metavar="ADDRESS",
@@ -97,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
         if args.mode == "single-caption":  # one cluster = the whole image, captioned once
             run_cfg = run_cfg.with_overrides({"cluster.k_values": [1], "caption.cycles": 1})
         run_out = out if n is None else out / f"cycles_{n}"
-        summary = bench_once(dataset, run_cfg, run_out, args, love)
+        with maybe_profile(args.profile and str(Path(args.profile) / run_out.name)):
+            summary = bench_once(dataset, run_cfg, run_out, args, love)
+        if args.profile:
+            per_image = {stage: ms / 1000 for stage, ms in summary.ms_per_stage.items()}
+            table = write_stage_table(
+                str(Path(args.profile) / run_out.name), [per_image] * summary.images_scored
+            )
+            print(table, file=sys.stderr)
         rows.append((n, summary))
     print(format_table(rows, args.dataset, args.mode, love.backend if love else "-"))
     return 0
