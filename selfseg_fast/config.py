@@ -40,6 +40,9 @@ class ClusterConfig:
     kmeans_max_iter: int = 300  # scikit-learn default
     kmeans_tol: float = 1e-4  # scikit-learn default (relative to the mean per-feature variance)
     kmeans_n_init: int = 1
+    # Fast engine's k-means: "torch" (all problems in one batched computation, Triton assignment on
+    # CUDA) or "cuml" (cuML's KMeans per problem, as the design card names it; optional import, GPU only).
+    kmeans_backend: Literal["torch", "cuml"] = "torch"
     output_grid: int = 32  # the final cluster grid is output_grid x output_grid (512 px / 16)
     # How runs on the 24x24 grid reach the 32x32 grid: "nearest" resizes the label map with
     # nearest-neighbour sampling (what maskblip does and the simplest exact mapping of labels).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -84,3 +85,16 @@ def test_batched_alignment_and_votes_equal_reference():
 def test_reference_run_is_first_with_most_clusters():
     runs = [np.array([[0, 1]]), np.array([[0, 2]]), np.array([[0, 0]])]
     assert reference_run_index(runs) == 0
+
+
+@pytest.mark.gpu
+def test_cupy_intersections_equal_torch():
+    pytest.importorskip("cupy")
+    from selfseg_fast.stages.align import _intersections_cupy
+
+    runs = torch.randint(0, 8, (6, 1024), device="cuda")
+    refs = torch.randint(0, 8, (6, 1024), device="cuda")
+    inter, _, _ = _intersections_cupy(runs, refs, 8)
+    a = torch.nn.functional.one_hot(runs, 8).double()
+    b = torch.nn.functional.one_hot(refs, 8).double()
+    assert torch.equal(inter, torch.bmm(a.transpose(1, 2), b))

@@ -92,3 +92,24 @@ def test_caption_command_keeps_going_and_writes_json(tmp_path, capsys):
     good = [r for r in records if not r.get("error")]
     assert len(good) == 2 and all(len(r["cluster_grid"]) == 32 for r in good)
     assert all(r["nouns"] for r in good)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(greedy_cfg, monkeypatch, capsys):
+    import torch
+
+    engine = FastEngine(greedy_cfg.with_overrides({"batch_size": 4}))
+    assert "k-means batched torch" in capsys.readouterr().err  # the one-line note of which paths run
+    real = engine._gpu_stages
+
+    def tight_memory(batch):
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch)
+
+    monkeypatch.setattr(engine, "_gpu_stages", tight_memory)
+    images = structured_images(5, seed=4)
+    results = engine.describe(images)
+    assert [r.path for r in results] == [i.path for i in images]
+    assert engine.batch_size == 1
+    reference = FastEngine(greedy_cfg.with_overrides({"batch_size": 1})).describe(images)
+    assert [r.nouns for r in results] == [r.nouns for r in reference]

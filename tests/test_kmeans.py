@@ -63,3 +63,16 @@ def test_triton_assignment_matches_torch():
         lr, dr = assign_nearest_torch(x, x_sq, c, valid, 1e30)
         torch.testing.assert_close(dt, dr, rtol=1e-4, atol=1e-3)
         assert (lt == lr).float().mean() >= 0.99
+
+
+@pytest.mark.gpu
+def test_cuml_backend_inertia_close_to_sklearn():
+    pytest.importorskip("cuml")
+    from selfseg_fast.stages.kmeans import kmeans_cuml
+
+    gen = torch.Generator().manual_seed(9)
+    x = _blobs(4, 500, 32, gen)
+    labels = kmeans_cuml(x.cuda(), [2, 8, 4, 8], [1, 2, 3, 4]).cpu()
+    for i, k in enumerate([2, 8, 4, 8]):
+        sk = kmeans_reference(x[i], k, i, init="k-means++")
+        assert inertia(x[i], labels[i]) <= 1.05 * inertia(x[i], sk)

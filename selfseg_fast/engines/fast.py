@@ -12,6 +12,7 @@ Running out of GPU memory halves the batch and retries it; no image is lost.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -46,7 +47,25 @@ class FastEngine:
             self.blip.model.text_decoder.to(self.encoder.dtype)  # the caption sampler runs in fp16/bf16 too
         self.nouns = NounExtractor(cfg.nouns)
         self.batch_size = max(1, cfg.batch_size)
+        print(f"selfseg-fast: {self.paths_note()}", file=sys.stderr)
         self._noun_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfseg-nouns")
+
+    def paths_note(self) -> str:
+        """One line naming which implementation of each stage runs here (optional GPU libraries)."""
+        from selfseg_fast.stages.align import cupy_available
+        from selfseg_kernels.kmeans_assign import triton_usable
+
+        cc, on_gpu = self.cfg.cluster, self.device.type == "cuda"
+        kmeans = "cuML" if cc.kmeans_backend == "cuml" else "batched torch"
+        if cc.kmeans_backend == "torch":
+            kmeans += " + Triton assignment" if triton_usable(self.device) else " (torch assignment)"
+        solver = cc.hungarian_solver if cc.hungarian_solver != "auto" else ("batched" if on_gpu else "scipy")
+        return (
+            f"fast engine on {self.device}: encoder SDPA {str(self.encoder.dtype).removeprefix('torch.')}"
+            f"{' compiled' if self.cfg.compile else ''}; k-means {kmeans}; "
+            f"IoU {'CuPy' if on_gpu and cupy_available() else 'torch'}; Hungarian {solver}; "
+            f"CRF/filter conv; captions batched sampler"
+        )
 
     def describe(self, images: list[LoadedImage]) -> list[ImageResult]:
         return list(self.describe_stream(images))

@@ -29,7 +29,7 @@ from selfseg_fast.stages.align import (
     vote_distribution_reference,
 )
 from selfseg_fast.stages.denoise import clean_batched, clean_reference, crf_batched, crf_reference
-from selfseg_fast.stages.kmeans import kmeans_batched, kmeans_reference
+from selfseg_fast.stages.kmeans import kmeans_batched, kmeans_cuml, kmeans_reference
 
 
 def kmeans_seed(image_seed: int, resolution: int, k: int) -> int:
@@ -88,7 +88,8 @@ def cluster_grid_batched(
         ks = [k for _ in range(bsz) for k in cc.k_values]
         problem_seeds = [kmeans_seed(seeds[i], res, k) for i in range(bsz) for k in cc.k_values]
         problems = x.repeat_interleave(len(cc.k_values), 0)  # [B * len(k), N, D]
-        labels = kmeans_batched(problems, ks, problem_seeds, max_iter=cc.kmeans_max_iter, tol=cc.kmeans_tol)
+        solve = kmeans_cuml if cc.kmeans_backend == "cuml" else kmeans_batched
+        labels = solve(problems, ks, problem_seeds, max_iter=cc.kmeans_max_iter, tol=cc.kmeans_tol)
         runs.append(to_output_grid(labels, feats.grid, out).reshape(bsz, len(cc.k_values), out * out))
     runs_t = torch.cat(runs, 1)  # [B, R, 32*32] in the reference's run order (resolution, then k)
     k_max = max(cc.k_values)

@@ -181,3 +181,26 @@ def kmeans_batched(
             break
     final, _ = assign_nearest(work, x_sq, centres, valid, big)
     return final
+
+
+# ---- cuML ----------------------------------------------------------------------------------------------
+def kmeans_cuml(
+    x: torch.Tensor, ks: list[int], seeds: list[int], *, max_iter: int = 300, tol: float = 1e-4
+) -> torch.Tensor:  # [P, N] int64
+    """cuML's KMeans (k-means||, GPU) on each problem of [P, N, D]; needs CUDA tensors and cuML."""
+    try:
+        import cupy
+        from cuml.cluster import KMeans as CumlKMeans
+    except ImportError as exc:
+        from selfseg_fast.errors import SelfSegError
+
+        raise SelfSegError(
+            "--set cluster.kmeans_backend=cuml needs cuML and CuPy on a CUDA machine "
+            "(pip install cuml-cu12); the default 'torch' backend needs neither"
+        ) from exc
+    out = torch.empty(x.shape[:2], dtype=torch.int64, device=x.device)
+    for p, (k, seed) in enumerate(zip(ks, seeds)):
+        data = cupy.from_dlpack(x[p].float().contiguous())
+        model = CumlKMeans(n_clusters=k, max_iter=max_iter, tol=tol, random_state=int(seed), n_init=1)
+        out[p] = torch.from_dlpack(model.fit_predict(data).astype(cupy.int64))
+    return out
