@@ -41,6 +41,12 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
         help="reference (plain, per image) or fast (batched; default where CUDA is present)",
     )
     group.add_argument(
+        "--kmeans",
+        choices=["torch", "cuml"],
+        default=None,
+        help="fast engine's k-means: batched torch (default; Triton on CUDA) or cuML (GPU, optional)",
+    )
+    group.add_argument(
         "--maskblip",
         action="store_true",
         help="reproduce the authors' released code instead of the paper (see README)",
@@ -72,6 +78,8 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
             overrides[key] = value
     if getattr(args, "engine", None) is None:
         overrides["engine"] = default_engine()
+    if getattr(args, "kmeans", None):
+        overrides["cluster.kmeans_backend"] = args.kmeans
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
