@@ -108,9 +108,10 @@ class TextEmbedder:
         result = [self._cache[n] for n in names]
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
+        device = _device(self.encoder)
         if not result:
-            return torch.zeros(0, self.encoder.cfg.proj_dim, device=_device(self.encoder))
-        return torch.stack(result)
+            return torch.zeros(0, self.encoder.cfg.proj_dim, device=device)
+        return torch.stack(result).to(device)  # the encoder may have moved since an entry was cached
 
     @torch.no_grad()
     def _encode(self, names: list[str]) -> torch.Tensor:
