@@ -139,13 +139,14 @@ def test_unused_list_covers_exactly_the_non_semseg_keys() -> None:
 
 
 def test_full_model_coverage_when_segmenter_exists() -> None:
-    """With the whole port assembled, the full official key list loads with nothing missing or left over."""
+    """With the whole port assembled (segmenter.XDecoder), every official key of Focal-T and Focal-L is
+    loaded or known-unused, no model key is missing, and every shape agrees."""
     segmenter = pytest.importorskip("selfseg_fast.models.xdecoder.segmenter")
-    build = getattr(segmenter, "build_xdecoder_model", None)
-    if build is None:
-        pytest.skip("segmenter.build_xdecoder_model(variant) not available yet")
-    for name in ("focal-t", "focal-l"):
-        report = match_state_dict(_meta_shapes(lambda n=name: build(n)), official_key_shapes(name))
+    model_cls, cfg_cls = getattr(segmenter, "XDecoder", None), getattr(segmenter, "XDecoderConfig", None)
+    if model_cls is None or cfg_cls is None:
+        pytest.skip("segmenter.XDecoder / XDecoderConfig not available yet")
+    for name, make_cfg in (("focal-t", cfg_cls.focal_t), ("focal-l", cfg_cls.focal_l)):
+        report = match_state_dict(_meta_shapes(lambda f=make_cfg: model_cls(f())), official_key_shapes(name))
         assert report.ok, f"{name}: {report.summary()}"
         assert set(report.ignored) <= {
             "backbone_proj",
