@@ -13,6 +13,9 @@ $PY -m pip install -q "$TORCH_SPEC"
 $PY -m pip install -q -e ".[${EXTRAS}]"
 # crfseg declares torchvision, which does not import beside the CPU torch wheel; it needs only torch.
 $PY -m pip install -q --no-deps "crfseg==1.0.0"
+# X-Decoder's CLIP tokenizer offline: open_clip_torch ships CLIP's BPE merges file; only that file is
+# used (the package is never imported: it needs torchvision), so install it without dependencies.
+$PY -m pip install -q --no-deps "open_clip_torch>=2.20"
 # The mIoU cross-check runs the official cityscapesscripts evaluation; its declared deps (matplotlib,
 # the old `typing` backport) are not needed for that, so install it and its light helpers without them.
 if [ "$EXTRAS" != "" ]; then

@@ -1,0 +1,238 @@
+"""X-Decoder open-vocabulary semantic segmentation: an image and any class names -> a label map.
+
+    rgb [H, W, 3] uint8, names (K)
+      -> resize so the short side is `test_short_side` (long side <= `test_max_size`), official pixel
+         mean/std on 0-255 RGB, zero-pad to a multiple of 32                 [1, 3, H', W']
+      -> FocalNet -> pixel decoder -> decoder (text embeddings of names + "background")
+      -> masks upsampled (bicubic, antialiased) to the padded size, cropped, resized (same) to H x W
+      -> semantic map = softmax(class logits)[..., :K] contracted with sigmoid(mask logits)  [K, H, W]
+      -> argmax                                                              [H, W] int64 in 0..K-1
+This is the official `evaluate` + `semantic_inference` with `sem_seg_postprocess_before_inference`.
+Text embeddings are cached per class name (`TextEmbedder`): a new noun costs one text-encoder pass.
+The vocabulary is an argument of every call; nothing global is patched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfseg_fast.errors import SelfSegError
+from selfseg_fast.models.xdecoder.backbone import FocalNet, FocalNetConfig
+from selfseg_fast.models.xdecoder.decoder import DecoderConfig, XDecoderHead
+from selfseg_fast.models.xdecoder.language import LanguageConfig
+from selfseg_fast.models.xdecoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
+
+PIXEL_MEAN = (123.675, 116.280, 103.530)
+PIXEL_STD = (58.395, 57.120, 57.375)
+SIZE_DIVISIBILITY = 32
+
+
+@dataclass
+class XDecoderConfig:
+    """The whole model's shape. Defaults: Focal-T (`xdecoder_focalt_last.pt`)."""
+
+    backbone: FocalNetConfig = field(default_factory=FocalNetConfig.focal_t)
+    pixel: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+
+    @classmethod
+    def focal_t(cls) -> XDecoderConfig:
+        return cls()
+
+    @classmethod
+    def focal_l(cls) -> XDecoderConfig:
+        """Focal-L (`xdecoder_focall_last.pt`): backbone 192-d, depths 2-2-18-2; same heads."""
+        backbone = FocalNetConfig.focal_l()
+        return cls(backbone=backbone, pixel=PixelDecoderConfig(in_channels=tuple(backbone.num_features)))
+
+    @classmethod
+    def tiny(cls) -> XDecoderConfig:
+        """A few-layer random-weight model for tests and the offline demo (real CLIP vocabulary)."""
+        backbone = FocalNetConfig.tiny()
+        return cls(
+            backbone=backbone,
+            pixel=PixelDecoderConfig(
+                in_channels=tuple(backbone.num_features),
+                conv_dim=64,
+                mask_dim=64,
+                encoder_layers=1,
+                heads=4,
+                ffn_dim=128,
+            ),
+            decoder=DecoderConfig(
+                in_channels=64,
+                hidden=64,
+                proj_dim=32,
+                num_queries=11,
+                heads=4,
+                ffn_dim=128,
+                dec_layers=4,
+                mask_dim=64,
+            ),
+            language=LanguageConfig.tiny(),
+        )
+
+
+class _SemSegHead(nn.Module):
+    def __init__(self, cfg: XDecoderConfig) -> None:
+        super().__init__()
+        self.pixel_decoder = PixelDecoder(cfg.pixel)
+        self.predictor = XDecoderHead(cfg.decoder, cfg.language)
+
+
+class XDecoder(nn.Module):
+    """Backbone + pixel decoder + decoder, named as the official model (`backbone.*`, `sem_seg_head.*`)."""
+
+    def __init__(self, cfg: XDecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = FocalNet(cfg.backbone)
+        self.sem_seg_head = _SemSegHead(cfg)
+
+    @property
+    def language(self):
+        return self.sem_seg_head.predictor.lang_encoder
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [B, 3, H, W] normalised (H, W multiples of 32), text [K, P] -> pred_logits [B, Q, K],
+        pred_masks [B, Q, H/4, W/4]."""
+        features = self.backbone(images)
+        mask_features, _, multi_scale = self.sem_seg_head.pixel_decoder(features)
+        return self.sem_seg_head.predictor(multi_scale, mask_features, text)
+
+
+def semantic_map(
+    pred_logits: torch.Tensor,  # [Q, K + 1] (the last column: "background")
+    pred_masks: torch.Tensor,  # [Q, h, w] mask logits at the padded input size / 4
+    padded: tuple[int, int],
+    valid: tuple[int, int],
+    out: tuple[int, int],
+) -> torch.Tensor:  # [K, out_h, out_w] class scores
+    """The official semantic inference for one image (masks post-processed before the contraction)."""
+    masks = F.interpolate(pred_masks[None], size=padded, mode="bicubic", align_corners=False, antialias=True)
+    masks = masks[:, :, : valid[0], : valid[1]]
+    masks = F.interpolate(masks, size=out, mode="bicubic", align_corners=False, antialias=True)[0]
+    probs = F.softmax(pred_logits, dim=-1)[..., :-1]
+    return torch.einsum("qc,qhw->chw", probs.to(masks.dtype), masks.sigmoid())
+
+
+class XDecoderSegmenter:
+    """`segment(rgb, names) -> [H, W] int64`: the model, the cached text embedder and the test transform."""
+
+    def __init__(
+        self,
+        model: XDecoder,
+        *,
+        test_short_side: int = 640,
+        test_max_size: int = 2560,
+        dtype: torch.dtype = torch.float32,
+        tokenizer=None,
+    ) -> None:
+        from selfseg_fast.models.xdecoder.text_embeddings import TextEmbedder
+
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = dtype
+        self.short_side, self.max_size = test_short_side, test_max_size
+        self.text = TextEmbedder(model.language, tokenizer)
+        self.mean = torch.tensor(PIXEL_MEAN, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(PIXEL_STD, device=self.device).view(3, 1, 1)
+
+    def test_size(self, h: int, w: int) -> tuple[int, int]:
+        """detectron2's ResizeShortestEdge at test time: short side -> `short_side`, long side capped."""
+        scale = self.short_side / min(h, w)
+        if max(h, w) * scale > self.max_size:
+            scale = self.max_size / max(h, w)
+        return int(h * scale + 0.5), int(w * scale + 0.5)
+
+    def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """[H, W, 3] uint8 -> padded normalised [1, 3, H', W'] and the resized (unpadded) size."""
+        from PIL import Image
+
+        h, w = self.test_size(*rgb.shape[:2])
+        resized = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+        x = torch.from_numpy(resized.copy()).to(self.device).permute(2, 0, 1).float()
+        x = (x - self.mean) / self.std
+        ph, pw = (
+            -(-h // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY,
+            -(-w // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY,
+        )
+        x = F.pad(x, (0, pw - w, 0, ph - h))
+        return x[None].to(self.dtype), (h, w)
+
+    def text_embeddings(self, names: list[str]) -> torch.Tensor:
+        """[K + 1, P]: the names and the official trailing "background", cached per name."""
+        return self.text([*names, "background"]).to(self.dtype)
+
+    @torch.inference_mode()
+    def scores(self, rgb: np.ndarray, names: list[str]) -> torch.Tensor:
+        """[K, H, W] class scores at the input size."""
+        if not names:
+            raise SelfSegError("segment: give at least one class name")
+        x, valid = self.preprocess(rgb)
+        out = self.model(x, self.text_embeddings(list(names)))
+        return semantic_map(
+            out["pred_logits"][0].float(),
+            out["pred_masks"][0].float(),
+            tuple(x.shape[-2:]),
+            valid,
+            rgb.shape[:2],
+        )
+
+    def segment(self, rgb: np.ndarray, names: list[str]) -> np.ndarray:
+        """[H, W] int64 label map: index into `names`."""
+        return self.scores(rgb, names).argmax(0).cpu().numpy().astype(np.int64)
+
+
+def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -> XDecoder:
+    """The model for --weights pretrained (official checkpoint) | random (full size) | random-tiny."""
+    from selfseg_fast.models.xdecoder.checkpoint import DEFAULT_CHECKPOINT, load_official_weights
+
+    if weights == "random-tiny":
+        cfg = XDecoderConfig.tiny()
+    else:
+        cfg = XDecoderConfig.focal_l() if variant == "focal-l" else XDecoderConfig.focal_t()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = XDecoder(cfg)
+        if weights != "pretrained":
+            _random_init(model)
+    if weights == "pretrained":
+        load_official_weights(model, checkpoint or DEFAULT_CHECKPOINT[variant])
+    return model.eval()
+
+
+def _random_init(model: nn.Module) -> None:
+    """Seeded weights with unit-scale activations (the official init leaves layerscale at 1e-4 and
+    the projections tiny, which makes a random model's output nearly constant)."""
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            nn.init.normal_(p, std=(1.0 / p[0].numel()) ** 0.5)
+        elif "gamma" in name:
+            nn.init.constant_(p, 0.5)
+        elif name.endswith("logit_scale"):
+            nn.init.constant_(p, 2.0)
+
+
+def build_segmenter(cfg, device: torch.device | str = "cpu") -> XDecoderSegmenter:
+    """The segmenter for a SelfSegConfig (`cfg.segmenter`, `cfg.weights`, `cfg.seed`) on `device`."""
+    sc = cfg.segmenter
+    device = torch.device(device)
+    if sc.backend == "tensorrt":
+        from selfseg_export.tensorrt_engine import TensorRTSegmenter
+
+        return TensorRTSegmenter.from_config(cfg, device)
+    model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint).to(device)
+    half = device.type == "cuda" and cfg.dtype in ("float16", "bfloat16") and cfg.engine == "fast"
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype] if half else torch.float32
+    if half:
+        model = model.to(dtype)
+    return XDecoderSegmenter(
+        model, test_short_side=sc.test_short_side, test_max_size=sc.test_max_size, dtype=dtype
+    )
