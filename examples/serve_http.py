@@ -18,6 +18,7 @@ import io
 import tempfile
 
 import numpy as np
+from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 
 from selfseg_fast.config import SelfSegConfig
@@ -30,8 +31,6 @@ MAX_BODY_BYTES = 32 * 2**20
 
 def create_app(service: SelfSegService):
     """The FastAPI app around a ready service (separate so tests can build it in-process)."""
-    from fastapi import FastAPI, HTTPException, Request
-
     app = FastAPI(title="selfseg-fast")
 
     @app.get("/health")
@@ -53,8 +52,6 @@ def create_app(service: SelfSegService):
 
 
 def _decode(body: bytes):
-    from fastapi import HTTPException
-
     with tempfile.NamedTemporaryFile(suffix=".img") as handle:
         handle.write(body)
         handle.flush()

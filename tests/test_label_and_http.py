@@ -1,0 +1,86 @@
+"""The whole self-guided pipeline behind the `label` command and the HTTP serving example
+(random-tiny weights for BLIP and X-Decoder)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("selfseg_fast.models.xdecoder.segmenter")
+
+from selfseg_fast.cli import main  # noqa: E402
+from selfseg_fast.config import SelfSegConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_images(folder: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rgb = np.zeros((96, 128, 3), np.uint8)
+        rgb[:48] = rng.integers(0, 255, 3)
+        rgb[48:] = rng.integers(0, 255, 3)
+        Image.fromarray(rgb).save(folder / f"photo{i}.png")
+
+
+def test_label_folder_resumes_and_ray_gives_the_same(tmp_path):
+    _write_images(tmp_path / "in", 3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG broken")
+    args = ["label", str(tmp_path / "in"), "--weights", "random-tiny", "--set", "caption.cycles=1"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 1  # the broken file fails, the rest is written
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")}
+    assert set(records) == {"photo0", "photo1", "photo2", "broken"}
+    assert records["broken"]["error"]
+    for name in ("photo0", "photo1", "photo2"):
+        labels = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+        assert labels.shape == (96, 128)
+        assert set(np.unique(labels)) <= set(range(len(records[name]["names"]))) | {255}
+    stamp = (tmp_path / "out" / "photo0.json").stat().st_mtime_ns
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0  # resumed: nothing left to do
+    assert (tmp_path / "out" / "photo0.json").stat().st_mtime_ns == stamp
+
+    pytest.importorskip("ray")
+    assert main([*args, "--out", str(tmp_path / "ray"), "--ray", "local"]) == 1
+    for name in ("photo0", "photo1", "photo2"):
+        a = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        b = json.loads((tmp_path / "ray" / f"{name}.json").read_text())
+        assert a["names"] == b["names"] and a["cluster_grid"] == b["cluster_grid"]
+        assert (tmp_path / "out" / f"{name}.png").read_bytes() == (
+            tmp_path / "ray" / f"{name}.png"
+        ).read_bytes()
+
+
+def test_http_example_serves_and_rejects_bad_requests():
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from selfseg_fast.serving import SelfSegService, ServiceConfig
+
+    spec = importlib.util.spec_from_file_location("serve_http", ROOT / "examples" / "serve_http.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = SelfSegConfig.from_preset("voc").with_overrides({"weights": "random-tiny", "device": "cpu"})
+    service = SelfSegService(cfg, ServiceConfig(max_batch=2, max_wait_ms=5))
+    try:
+        client = TestClient(module.create_app(service))
+        buffer = io.BytesIO()
+        Image.new("RGB", (80, 60), (20, 120, 200)).save(buffer, "JPEG")
+        ok = client.post("/segment", content=buffer.getvalue())
+        assert ok.status_code == 200
+        body = ok.json()
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png_base64"]))))
+        assert mask.shape == (60, 80) and isinstance(body["names"], list)
+        assert client.post("/segment", content=b"").status_code == 400
+        bad = client.post("/segment", content=b"definitely not an image")
+        assert bad.status_code == 415 and bad.json()["detail"]
+        assert client.post("/segment", content=buffer.getvalue()).status_code == 200  # still serving
+    finally:
+        service.close()
