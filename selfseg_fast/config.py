@@ -112,6 +112,10 @@ class SegmenterConfig:
     test_short_side: int = 640  # ADE 640, Cityscapes 1024; set by the preset
     test_max_size: int = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    # onnxruntime: the file written by `selfseg-fast export xdecoder --onnx FILE`;
+    # tensorrt: the engine built from it by `selfseg-fast export xdecoder --onnx FILE --tensorrt ENGINE`.
+    onnx_path: str | None = None
+    engine_path: str | None = None
 
 
 @dataclass

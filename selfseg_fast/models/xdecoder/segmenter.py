@@ -229,6 +229,17 @@ def build_segmenter(cfg, device: torch.device | str = "cpu") -> XDecoderSegmente
 
         return TensorRTSegmenter.from_config(cfg, device)
     model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint).to(device)
+    if sc.backend == "onnxruntime":
+        from selfseg_export.runtimes import ORTSegmenter
+
+        if not sc.onnx_path:
+            raise SelfSegError(
+                "--segmenter-backend onnxruntime needs the exported file: "
+                "selfseg-fast export xdecoder --onnx FILE, then --set segmenter.onnx_path=FILE"
+            )
+        return ORTSegmenter(
+            model, sc.onnx_path, test_short_side=sc.test_short_side, test_max_size=sc.test_max_size
+        )
     half = device.type == "cuda" and cfg.dtype in ("float16", "bfloat16") and cfg.engine == "fast"
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype] if half else torch.float32
     if half:

@@ -1,0 +1,97 @@
+"""Export X-Decoder's image branch to ONNX and check it against PyTorch with ONNX Runtime.
+
+The exported graph is a tensors-only wrapper (`ImageBranch`): backbone, pixel decoder and decoder,
+with the class text embeddings as an INPUT, so one engine serves any vocabulary:
+
+    inputs   images [B, 3, H, W] float32 (normalised, H and W multiples of 32), text [K, P] float32
+    outputs  pred_logits [B, Q, K], pred_masks [B, Q, H/4, W/4]
+    dynamic  B, H, W, K (named axes: batch, height, width, classes)
+
+The text encoder stays in PyTorch (its embeddings are cached per class name anyway), as does the
+semantic post-processing (`segmenter.semantic_map`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from selfseg_fast.errors import SelfSegError
+
+INPUT_NAMES = ["images", "text"]
+OUTPUT_NAMES = ["pred_logits", "pred_masks"]
+DYNAMIC_AXES = {
+    "images": {0: "batch", 2: "height", 3: "width"},
+    "text": {0: "classes"},
+    "pred_logits": {0: "batch", 2: "classes"},
+    "pred_masks": {0: "batch", 2: "mask_height", 3: "mask_width"},
+}
+
+
+class ImageBranch(nn.Module):
+    """(images, text) -> (pred_logits, pred_masks): the part of X-Decoder that sees pixels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images, text)
+        return out["pred_logits"], out["pred_masks"]
+
+
+def example_inputs(model: nn.Module, batch: int = 1, height: int = 96, width: int = 128, classes: int = 4):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, height, width, generator=gen)
+    text = torch.nn.functional.normalize(
+        torch.randn(classes, model.cfg.decoder.proj_dim, generator=gen), dim=-1
+    )
+    return images, text
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, *, opset: int = 18, height: int = 96, width: int = 128
+) -> Path:
+    """Write the ONNX file (TorchScript-based exporter, named dynamic axes); returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    branch = ImageBranch(model.eval().float().cpu())
+    images, text = example_inputs(model, batch=2, height=height, width=width)  # batch 1 would be specialised
+    with torch.no_grad():
+        torch.onnx.export(
+            branch,
+            (images, text),
+            str(path),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=DYNAMIC_AXES,
+            opset_version=opset,
+            dynamo=True,
+        )
+    return path
+
+
+def check_onnx(model: nn.Module, path: str | Path, shapes=((1, 96, 128, 4), (2, 64, 96, 7))) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch outputs over a few (B, H, W, K) shapes."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise SelfSegError("checking the export needs onnxruntime: pip install onnxruntime") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    branch = ImageBranch(model.eval().float().cpu())
+    worst = 0.0
+    for b, h, w, k in shapes:
+        images, text = example_inputs(model, b, h, w, k)
+        with torch.no_grad():
+            want = branch(images, text)
+        got = session.run(OUTPUT_NAMES, {"images": images.numpy(), "text": text.numpy()})
+        for g, t in zip(got, want):
+            if g.shape != tuple(t.shape):
+                raise SelfSegError(
+                    f"ONNX output shape {g.shape} differs from PyTorch's {tuple(t.shape)}", path=str(path)
+                )
+            worst = max(worst, float(np.abs(g - t.numpy()).max()))
+    return worst

@@ -1,0 +1,52 @@
+"""X-Decoder's image branch on other runtimes, behind the same `segment(rgb, names)` API.
+
+`ORTSegmenter` runs the exported ONNX graph with ONNX Runtime (CUDA provider where available, else
+CPU); the text encoder (cached per class name), preprocessing and semantic post-processing stay the
+PyTorch ones of `XDecoderSegmenter`, so both backends compute the same function (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from selfseg_fast.errors import SelfSegError
+from selfseg_fast.models.xdecoder.segmenter import XDecoderSegmenter, semantic_map
+
+
+class ORTSegmenter(XDecoderSegmenter):
+    """XDecoderSegmenter whose backbone/pixel decoder/decoder run in an ONNX Runtime session."""
+
+    def __init__(self, model, onnx_path: str, **kwargs) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise SelfSegError(
+                "--segmenter-backend onnxruntime needs onnxruntime: pip install onnxruntime"
+            ) from exc
+        super().__init__(model, **kwargs)
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+        ]
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - any load failure is a bad file
+            raise SelfSegError(
+                f"cannot load the ONNX file ({exc}); "
+                "write it with `selfseg-fast export xdecoder --onnx FILE`",
+                path=str(onnx_path),
+            ) from None
+
+    @torch.inference_mode()
+    def scores(self, rgb: np.ndarray, names: list[str]) -> torch.Tensor:
+        if not names:
+            raise SelfSegError("segment: give at least one class name")
+        x, valid = self.preprocess(rgb)
+        text = self.text_embeddings(list(names))
+        logits, masks = self.session.run(
+            ["pred_logits", "pred_masks"],
+            {"images": x.float().cpu().numpy(), "text": text.float().cpu().numpy()},
+        )
+        return semantic_map(
+            torch.from_numpy(logits[0]), torch.from_numpy(masks[0]), tuple(x.shape[-2:]), valid, rgb.shape[:2]
+        )
