@@ -138,23 +138,24 @@ def test_unused_list_covers_exactly_the_non_semseg_keys() -> None:
     assert len(UNUSED_FOR_SEMSEG) == 5
 
 
-def test_full_model_coverage_when_segmenter_exists() -> None:
-    """With the whole port assembled (segmenter.XDecoder), every official key of Focal-T and Focal-L is
-    loaded or known-unused, no model key is missing, and every shape agrees."""
+@pytest.mark.parametrize("variant", ["focal-t", "focal-l"])
+def test_full_model_coverage(variant: str) -> None:
+    """The whole port (segmenter.XDecoder with its focal_t()/focal_l() config): every official key is
+    loaded or known-unused, no model key is missing, and every shape agrees (Focal-L: 201 queries)."""
     segmenter = pytest.importorskip("selfseg_fast.models.xdecoder.segmenter")
     model_cls, cfg_cls = getattr(segmenter, "XDecoder", None), getattr(segmenter, "XDecoderConfig", None)
     if model_cls is None or cfg_cls is None:
         pytest.skip("segmenter.XDecoder / XDecoderConfig not available yet")
-    for name, make_cfg in (("focal-t", cfg_cls.focal_t), ("focal-l", cfg_cls.focal_l)):
-        report = match_state_dict(_meta_shapes(lambda f=make_cfg: model_cls(f())), official_key_shapes(name))
-        assert report.ok, f"{name}: {report.summary()}"
-        assert set(report.ignored) <= {
-            "backbone_proj",
-            "criterion.empty_weight",
-            "sem_seg_head.predictor.caping_embed",
-            "sem_seg_head.predictor.pos_embed_caping.weight",
-            "sem_seg_head.predictor.self_attn_mask",
-        }
+    make_cfg = cfg_cls.focal_t if variant == "focal-t" else cfg_cls.focal_l
+    report = match_state_dict(_meta_shapes(lambda: model_cls(make_cfg())), official_key_shapes(variant))
+    assert report.ok, f"{variant}: {report.summary()}"
+    assert set(report.ignored) <= {
+        "backbone_proj",
+        "criterion.empty_weight",
+        "sem_seg_head.predictor.caping_embed",
+        "sem_seg_head.predictor.pos_embed_caping.weight",
+        "sem_seg_head.predictor.self_attn_mask",
+    }
 
 
 # ---- loading real values on a tiny configuration -------------------------------------------------------
