@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfseg_fast.errors import SelfSegError
+from selfseg_fast.errors import SelfSegError, WeightsError
 from selfseg_fast.models.xdecoder.backbone import FocalNet, FocalNetConfig
 from selfseg_fast.models.xdecoder.decoder import DecoderConfig, XDecoderHead
 from selfseg_fast.models.xdecoder.language import LanguageConfig
@@ -47,9 +47,14 @@ class XDecoderConfig:
 
     @classmethod
     def focal_l(cls) -> XDecoderConfig:
-        """Focal-L (`xdecoder_focall_last.pt`): backbone 192-d, depths 2-2-18-2; same heads."""
+        """Focal-L (`xdecoder_focall_last.pt`): backbone 192-d, depths 2-2-18-2; 200 object queries + the
+        class token (`NUM_OBJECT_QUERIES: 201` in focall_unicl_lang.yaml); otherwise Focal-T's heads."""
         backbone = FocalNetConfig.focal_l()
-        return cls(backbone=backbone, pixel=PixelDecoderConfig(in_channels=tuple(backbone.num_features)))
+        return cls(
+            backbone=backbone,
+            pixel=PixelDecoderConfig(in_channels=tuple(backbone.num_features)),
+            decoder=DecoderConfig(num_queries=201),
+        )
 
     @classmethod
     def tiny(cls) -> XDecoderConfig:
@@ -133,10 +138,13 @@ class XDecoderSegmenter:
         test_max_size: int = 2560,
         dtype: torch.dtype = torch.float32,
         tokenizer=None,
+        compile: bool = False,
     ) -> None:
         from selfseg_fast.models.xdecoder.text_embeddings import TextEmbedder
 
         self.model = model.eval()
+        # torch.compile with dynamic shapes: image sizes and class counts vary per call.
+        self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.device = next(model.parameters()).device
         self.dtype = dtype
         self.short_side, self.max_size = test_short_side, test_max_size
@@ -176,7 +184,7 @@ class XDecoderSegmenter:
         if not names:
             raise SelfSegError("segment: give at least one class name")
         x, valid = self.preprocess(rgb)
-        out = self.model(x, self.text_embeddings(list(names)))
+        out = self.forward(x, self.text_embeddings(list(names)))
         return semantic_map(
             out["pred_logits"][0].float(),
             out["pred_masks"][0].float(),
@@ -192,7 +200,11 @@ class XDecoderSegmenter:
 
 def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -> XDecoder:
     """The model for --weights pretrained (official checkpoint) | random (full size) | random-tiny."""
-    from selfseg_fast.models.xdecoder.checkpoint import DEFAULT_CHECKPOINT, load_official_weights
+    from selfseg_fast.models.xdecoder.checkpoint import (
+        DEFAULT_CHECKPOINT,
+        load_official_weights,
+        resolve_source,
+    )
 
     if weights == "random-tiny":
         cfg = XDecoderConfig.tiny()
@@ -204,7 +216,20 @@ def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -
         if weights != "pretrained":
             _random_init(model)
     if weights == "pretrained":
-        load_official_weights(model, checkpoint or DEFAULT_CHECKPOINT[variant])
+        source = checkpoint or DEFAULT_CHECKPOINT[variant]
+        try:
+            load_official_weights(model, source)
+        except WeightsError as exc:
+            official = resolve_source(DEFAULT_CHECKPOINT[variant])
+            fix = (
+                f"download {official} and pass --checkpoint PATH"
+                if checkpoint is None or resolve_source(checkpoint) == official
+                else f"pass --checkpoint with an official X-Decoder {variant} file (e.g. {official})"
+            )
+            raise WeightsError(
+                f"X-Decoder {variant} weights unavailable ({exc}); {fix} "
+                "(or --set segmenter.checkpoint=PATH), or run with --weights random or --weights random-tiny"
+            ) from None
     return model.eval()
 
 
@@ -245,5 +270,9 @@ def build_segmenter(cfg, device: torch.device | str = "cpu") -> XDecoderSegmente
     if half:
         model = model.to(dtype)
     return XDecoderSegmenter(
-        model, test_short_side=sc.test_short_side, test_max_size=sc.test_max_size, dtype=dtype
+        model,
+        test_short_side=sc.test_short_side,
+        test_max_size=sc.test_max_size,
+        dtype=dtype,
+        compile=cfg.compile and cfg.engine == "fast",
     )
