@@ -33,12 +33,6 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
         default=None,
         help="BLIP hub id or local folder (default Salesforce/blip-image-captioning-large)",
     )
-    group.add_argument(
-        "--checkpoint",
-        metavar="PATH_OR_URL",
-        default=None,
-        help="X-Decoder checkpoint (default: the variant's official xdecoder_focalt_last.pt)",
-    )
     group.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
     group.add_argument(
         "--engine",
@@ -84,8 +78,6 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
             overrides[key] = value
     if getattr(args, "engine", None) is None:
         overrides["engine"] = default_engine()
-    if getattr(args, "checkpoint", None):
-        overrides["segmenter.checkpoint"] = args.checkpoint
     if getattr(args, "kmeans", None):
         overrides["cluster.kmeans_backend"] = args.kmeans
     for item in args.set:
