@@ -1,9 +1,11 @@
-"""`selfseg-fast export xdecoder --onnx FILE [--tensorrt ENGINE]`: export X-Decoder's image branch.
+"""`selfseg-fast export xdecoder --onnx FILE [--variant focal-t|focal-l|tiny] [--checkpoint PATH]
+[--tensorrt ENGINE]`: export X-Decoder's image branch.
 
 Writes the ONNX graph (backbone, pixel decoder, decoder; text embeddings as an input; dynamic batch,
 height, width and class count), then runs it in ONNX Runtime against PyTorch on a few shapes and
 prints the max abs difference. `--tensorrt ENGINE` also builds an fp16 TensorRT engine from it
-(needs TensorRT; not exercised on this project's machines). Weights: --weights / --set segmenter.*.
+(needs TensorRT; not exercised on this project's machines). Weights: --weights (pretrained reads the
+official checkpoint or --checkpoint); --variant tiny means --weights random-tiny.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", choices=["xdecoder"], help="what to export")
     parser.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
     parser.add_argument("--tensorrt", metavar="ENGINE", help="also build an fp16 TensorRT engine here")
+    parser.add_argument(
+        "--variant",
+        choices=["focal-t", "focal-l", "tiny"],
+        default=None,
+        help="model size (default: segmenter.variant; tiny = the random-weight test model)",
+    )
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="X-Decoder checkpoint (.pt path or URL) for --weights pretrained"
+    )
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     add_config_options(parser)
@@ -30,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if args.variant == "tiny":
+        cfg = cfg.with_overrides({"weights": "random-tiny"})
+    elif args.variant:
+        cfg = cfg.with_overrides({"segmenter.variant": args.variant})
+    if args.checkpoint:
+        cfg = cfg.with_overrides({"segmenter.checkpoint": args.checkpoint})
     from selfseg_export.onnx_export import check_onnx, export_onnx
     from selfseg_fast.models.xdecoder.segmenter import build_model
 

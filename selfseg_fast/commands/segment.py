@@ -1,4 +1,4 @@
-"""`selfseg-fast segment IMAGE... [--classes "car,road,tree"] [--out DIR]`: segment images.
+"""`selfseg-fast segment IMAGE... [--classes "car,road,tree"] [--out DIR] [--checkpoint PATH]`.
 
 With `--classes`, X-Decoder segments each image with exactly those names (the supervised-names
 baseline). Without, the whole self-guided pipeline runs: BLIP-Cluster-Caption finds the nouns, and
@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="how X-Decoder runs (tensorrt: an engine built by `selfseg-fast export`; not exercised here)",
     )
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="X-Decoder checkpoint (.pt path or URL) for --weights pretrained"
+    )
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.segmenter_backend:
         cfg = cfg.with_overrides({"segmenter.backend": args.segmenter_backend})
+    if args.checkpoint:
+        cfg = cfg.with_overrides({"segmenter.checkpoint": args.checkpoint})
     names = parse_classes(args.classes) if args.classes else None
     from selfseg_fast.pipeline import SelfSegPipeline
 

@@ -199,26 +199,19 @@ class XDecoderSegmenter:
 
 
 def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -> XDecoder:
-    """The model for --weights pretrained (official checkpoint) | random (full size) | random-tiny."""
+    """The model for --weights pretrained (official checkpoint) | random (full size) | random-tiny.
+    The checkpoint is read before the model is built, so a missing file fails at once."""
     from selfseg_fast.models.xdecoder.checkpoint import (
         DEFAULT_CHECKPOINT,
         load_official_weights,
+        read_checkpoint,
         resolve_source,
     )
 
-    if weights == "random-tiny":
-        cfg = XDecoderConfig.tiny()
-    else:
-        cfg = XDecoderConfig.focal_l() if variant == "focal-l" else XDecoderConfig.focal_t()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = XDecoder(cfg)
-        if weights != "pretrained":
-            _random_init(model)
+    state = None
     if weights == "pretrained":
-        source = checkpoint or DEFAULT_CHECKPOINT[variant]
         try:
-            load_official_weights(model, source)
+            state = read_checkpoint(checkpoint or DEFAULT_CHECKPOINT[variant])
         except WeightsError as exc:
             official = resolve_source(DEFAULT_CHECKPOINT[variant])
             fix = (
@@ -230,6 +223,17 @@ def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -
                 f"X-Decoder {variant} weights unavailable ({exc}); {fix} "
                 "(or --set segmenter.checkpoint=PATH), or run with --weights random or --weights random-tiny"
             ) from None
+    if weights == "random-tiny":
+        cfg = XDecoderConfig.tiny()
+    else:
+        cfg = XDecoderConfig.focal_l() if variant == "focal-l" else XDecoderConfig.focal_t()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = XDecoder(cfg)
+        if state is None:
+            _random_init(model)
+    if state is not None:
+        load_official_weights(model, state)
     return model.eval()
 
 
@@ -246,7 +250,10 @@ def _random_init(model: nn.Module) -> None:
 
 
 def build_segmenter(cfg, device: torch.device | str = "cpu") -> XDecoderSegmenter:
-    """The segmenter for a SelfSegConfig (`cfg.segmenter`, `cfg.weights`, `cfg.seed`) on `device`."""
+    """The segmenter for a SelfSegConfig (`cfg.segmenter`, `cfg.weights`, `cfg.seed`) on `device`.
+
+    Fast engine on CUDA: the image branch in `cfg.dtype` (fp16 by default) and, with `cfg.compile`,
+    torch.compile (dynamic shapes). Text embeddings are always cached per class name."""
     sc = cfg.segmenter
     device = torch.device(device)
     if sc.backend == "tensorrt":
