@@ -14,74 +14,20 @@ The vocabulary is an argument of every call; nothing global is patched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from selfseg_fast.errors import SelfSegError, WeightsError
-from selfseg_fast.models.xdecoder.backbone import FocalNet, FocalNetConfig
-from selfseg_fast.models.xdecoder.decoder import DecoderConfig, XDecoderHead
-from selfseg_fast.models.xdecoder.language import LanguageConfig
-from selfseg_fast.models.xdecoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from selfseg_fast.models.xdecoder.backbone import FocalNet
+from selfseg_fast.models.xdecoder.config import XDecoderConfig
+from selfseg_fast.models.xdecoder.decoder import XDecoderHead
+from selfseg_fast.models.xdecoder.pixel_decoder import PixelDecoder
 
 PIXEL_MEAN = (123.675, 116.280, 103.530)
 PIXEL_STD = (58.395, 57.120, 57.375)
 SIZE_DIVISIBILITY = 32
-
-
-@dataclass
-class XDecoderConfig:
-    """The whole model's shape. Defaults: Focal-T (`xdecoder_focalt_last.pt`)."""
-
-    backbone: FocalNetConfig = field(default_factory=FocalNetConfig.focal_t)
-    pixel: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    language: LanguageConfig = field(default_factory=LanguageConfig)
-
-    @classmethod
-    def focal_t(cls) -> XDecoderConfig:
-        return cls()
-
-    @classmethod
-    def focal_l(cls) -> XDecoderConfig:
-        """Focal-L (`xdecoder_focall_last.pt`): backbone 192-d, depths 2-2-18-2; 200 object queries + the
-        class token (`NUM_OBJECT_QUERIES: 201` in focall_unicl_lang.yaml); otherwise Focal-T's heads."""
-        backbone = FocalNetConfig.focal_l()
-        return cls(
-            backbone=backbone,
-            pixel=PixelDecoderConfig(in_channels=tuple(backbone.num_features)),
-            decoder=DecoderConfig(num_queries=201),
-        )
-
-    @classmethod
-    def tiny(cls) -> XDecoderConfig:
-        """A few-layer random-weight model for tests and the offline demo (real CLIP vocabulary)."""
-        backbone = FocalNetConfig.tiny()
-        return cls(
-            backbone=backbone,
-            pixel=PixelDecoderConfig(
-                in_channels=tuple(backbone.num_features),
-                conv_dim=64,
-                mask_dim=64,
-                encoder_layers=1,
-                heads=4,
-                ffn_dim=128,
-            ),
-            decoder=DecoderConfig(
-                in_channels=64,
-                hidden=64,
-                proj_dim=32,
-                num_queries=11,
-                heads=4,
-                ffn_dim=128,
-                dec_layers=4,
-                mask_dim=64,
-            ),
-            language=LanguageConfig.tiny(),
-        )
 
 
 class _SemSegHead(nn.Module):
@@ -223,10 +169,7 @@ def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -
                 f"X-Decoder {variant} weights unavailable ({exc}); {fix} "
                 "(or --set segmenter.checkpoint=PATH), or run with --weights random or --weights random-tiny"
             ) from None
-    if weights == "random-tiny":
-        cfg = XDecoderConfig.tiny()
-    else:
-        cfg = XDecoderConfig.focal_l() if variant == "focal-l" else XDecoderConfig.focal_t()
+    cfg = XDecoderConfig.for_variant("tiny" if weights == "random-tiny" else variant)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = XDecoder(cfg)
