@@ -23,12 +23,37 @@ from selfseg_fast.errors import SelfSegError
 
 INPUT_NAMES = ["images", "text"]
 OUTPUT_NAMES = ["pred_logits", "pred_masks"]
-DYNAMIC_AXES = {
-    "images": {0: "batch", 2: "height", 3: "width"},
-    "text": {0: "classes"},
-    "pred_logits": {0: "batch", 2: "classes"},
-    "pred_masks": {0: "batch", 2: "mask_height", 3: "mask_width"},
-}
+MAX_SIDE, MAX_BATCH, MAX_CLASSES = 4096, 64, 4096  # the exported graph's declared ranges
+
+
+def dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
+    """Named dynamic axes of the inputs: batch, height, width (multiples of 32) and classes."""
+    from torch.export import Dim
+
+    return {
+        "images": {
+            0: Dim("batch", min=1, max=MAX_BATCH),
+            2: Dim("height", min=32, max=MAX_SIDE),
+            3: Dim("width", min=32, max=MAX_SIDE),
+        },
+        "text": {0: Dim("classes", min=1, max=MAX_CLASSES)},
+    }
+
+
+def _name_output_axes(path: Path) -> None:
+    """Give the outputs' symbolic axes readable names (the exporter derives e.g. '8*s56' for H/4)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    names = {
+        "pred_logits": ["batch", None, "classes"],
+        "pred_masks": ["batch", None, "mask_height", "mask_width"],
+    }
+    for out in proto.graph.output:
+        for dim, name in zip(out.type.tensor_type.shape.dim, names.get(out.name, [])):
+            if name is not None and not dim.HasField("dim_value"):
+                dim.dim_param = name
+    onnx.save(proto, str(path))
 
 
 class ImageBranch(nn.Module):
@@ -55,10 +80,10 @@ def example_inputs(model: nn.Module, batch: int = 1, height: int = 96, width: in
 def export_onnx(
     model: nn.Module, path: str | Path, *, opset: int = 18, height: int = 96, width: int = 128
 ) -> Path:
-    """Write the ONNX file (TorchScript-based exporter, named dynamic axes); returns its path."""
+    """Write the ONNX file (torch.export-based exporter, named dynamic axes); returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    branch = ImageBranch(model.eval().float().cpu())
+    branch = ImageBranch(model.eval().float().cpu()).eval()
     images, text = example_inputs(model, batch=2, height=height, width=width)  # batch 1 would be specialised
     with torch.no_grad():
         torch.onnx.export(
@@ -67,14 +92,17 @@ def export_onnx(
             str(path),
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
-            dynamic_axes=DYNAMIC_AXES,
+            dynamic_shapes=dynamic_shapes(),
             opset_version=opset,
             dynamo=True,
         )
+    _name_output_axes(path)
     return path
 
 
-def check_onnx(model: nn.Module, path: str | Path, shapes=((1, 96, 128, 4), (2, 64, 96, 7))) -> float:
+def check_onnx(
+    model: nn.Module, path: str | Path, shapes=((1, 96, 128, 4), (2, 64, 96, 7), (3, 160, 64, 1))
+) -> float:
     """Max abs difference between ONNX Runtime and PyTorch outputs over a few (B, H, W, K) shapes."""
     try:
         import onnxruntime as ort

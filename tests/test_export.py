@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
 
 from selfseg_fast.cli import main  # noqa: E402
 from selfseg_fast.config import SelfSegConfig  # noqa: E402
@@ -21,7 +22,20 @@ def test_export_command_and_onnxruntime_backend(tmp_path, capsys):
     assert main(["export", "xdecoder", "--onnx", str(onnx_file), "--weights", "random-tiny"]) == 0
     out = capsys.readouterr().out
     diff = float(out.split("max abs difference ")[1].split()[0])
-    assert diff < 1e-3  # checked over (B, H, W, K) = (1, 96, 128, 4) and (2, 64, 96, 7)
+    assert diff < 1e-3  # checked over (B, H, W, K) = (1, 96, 128, 4), (2, 64, 96, 7), (3, 160, 64, 1)
+    proto = onnx.load(str(onnx_file))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    axes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*proto.graph.input, *proto.graph.output]
+    }
+    q, p = 11, 32  # the tiny config's queries and text projection width
+    assert axes == {
+        "images": ["batch", 3, "height", "width"],
+        "text": ["classes", p],
+        "pred_logits": ["batch", q, "classes"],
+        "pred_masks": ["batch", q, "mask_height", "mask_width"],
+    }
     cfg = SelfSegConfig.from_preset("voc").with_overrides(
         {"weights": "random-tiny", "segmenter.test_short_side": 96}
     )
