@@ -7,11 +7,10 @@ PyTorch ones of `XDecoderSegmenter`, so both backends compute the same function 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from selfseg_fast.errors import SelfSegError
-from selfseg_fast.models.xdecoder.segmenter import XDecoderSegmenter, semantic_map
+from selfseg_fast.models.xdecoder.segmenter import XDecoderSegmenter
 
 
 class ORTSegmenter(XDecoderSegmenter):
@@ -37,16 +36,10 @@ class ORTSegmenter(XDecoderSegmenter):
                 path=str(onnx_path),
             ) from None
 
-    @torch.inference_mode()
-    def scores(self, rgb: np.ndarray, names: list[str]) -> torch.Tensor:
-        if not names:
-            raise SelfSegError("segment: give at least one class name")
-        x, valid = self.preprocess(rgb)
-        text = self.text_embeddings(list(names))
+    def run(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 3, H', W'], text [K + 1, P] -> (pred_logits, pred_masks) from the ONNX Runtime session."""
         logits, masks = self.session.run(
             ["pred_logits", "pred_masks"],
             {"images": x.float().cpu().numpy(), "text": text.float().cpu().numpy()},
         )
-        return semantic_map(
-            torch.from_numpy(logits[0]), torch.from_numpy(masks[0]), tuple(x.shape[-2:]), valid, rgb.shape[:2]
-        )
+        return torch.from_numpy(logits), torch.from_numpy(masks)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from selfseg_fast.errors import SelfSegError
-from selfseg_fast.models.xdecoder.segmenter import XDecoderSegmenter, build_model, semantic_map
+from selfseg_fast.models.xdecoder.segmenter import XDecoderSegmenter, build_model
 
 
 def _tensorrt():
@@ -89,11 +88,9 @@ class TensorRTSegmenter(XDecoderSegmenter):
         model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint).to(device)  # text encoder
         return cls(model, sc.engine_path, test_short_side=sc.test_short_side, test_max_size=sc.test_max_size)
 
-    @torch.inference_mode()
-    def scores(self, rgb: np.ndarray, names: list[str]) -> torch.Tensor:
-        x, valid = self.preprocess(rgb)
-        x = x.float().contiguous().cuda()
-        text = self.text_embeddings(list(names)).float().contiguous().cuda()
+    def run(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 3, H', W'], text [K + 1, P] -> (pred_logits, pred_masks) from the engine (CUDA fp32 I/O)."""
+        x, text = x.float().contiguous().cuda(), text.float().contiguous().cuda()
         self.context.set_input_shape("images", tuple(x.shape))
         self.context.set_input_shape("text", tuple(text.shape))
         outputs = {}
@@ -106,6 +103,4 @@ class TensorRTSegmenter(XDecoderSegmenter):
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise SelfSegError("TensorRT execution failed")
         stream.synchronize()
-        return semantic_map(
-            outputs["pred_logits"][0], outputs["pred_masks"][0], tuple(x.shape[-2:]), valid, rgb.shape[:2]
-        )
+        return outputs["pred_logits"], outputs["pred_masks"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from selfseg_fast.cli import main
 from selfseg_fast.config import SelfSegConfig
-from selfseg_fast.errors import WeightsError
+from selfseg_fast.errors import SelfSegError, WeightsError
 from selfseg_fast.models.xdecoder.backbone import FocalNetConfig
 from selfseg_fast.models.xdecoder.checkpoint import load_official_weights
 from selfseg_fast.models.xdecoder.decoder import DecoderConfig
@@ -160,3 +160,34 @@ def test_segment_command_writes_labels_overlay_and_json(tmp_path, capsys):
         assert abs((values == i).mean() - record["shares"][name]) < 1e-9
     overlay = Image.open(out / "pic_overlay.png")
     assert overlay.width == 80 and overlay.height > 48  # the legend sits under the picture
+
+
+def test_batched_images_equal_single_images(tiny_segmenter):
+    """Same-padded-size images share a forward pass; scores equal the one-image ones within 1e-5."""
+    rng = np.random.default_rng(3)
+    rgbs = [
+        rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(70, 110, 3), (64, 100, 3), (110, 70, 3)]
+    ]
+    names = ["road", "sky", "person", "dog"]
+    batched = tiny_segmenter.scores_batch(rgbs, names, max_batch=2)
+    for rgb, got in zip(rgbs, batched):
+        want = tiny_segmenter.scores(rgb, names)
+        assert got.shape == (4, *rgb.shape[:2])
+        assert float((got - want).abs().max()) < 1e-5
+    maps = tiny_segmenter.segment(rgbs, names)
+    assert [m.shape for m in maps] == [r.shape[:2] for r in rgbs]
+
+
+@pytest.mark.parametrize(
+    "rgb, names",
+    [
+        (np.zeros((8, 8, 3), np.float32), ["car"]),
+        (np.zeros((8, 8), np.uint8), ["car"]),
+        (np.zeros((8, 8, 3), np.uint8), []),
+        (np.zeros((8, 8, 3), np.uint8), "car"),
+    ],
+)
+def test_bad_input_is_one_line_error(tiny_segmenter, rgb, names):
+    with pytest.raises(SelfSegError) as info:
+        tiny_segmenter.segment(rgb, names)
+    assert "\n" not in str(info.value) and "segment:" in str(info.value)

@@ -74,7 +74,8 @@ def semantic_map(
 
 
 class XDecoderSegmenter:
-    """`segment(rgb, names) -> [H, W] int64`: the model, the cached text embedder and the test transform."""
+    """`segment(rgb, names) -> [H, W] int64`: the model, the cached text embedder and the test transform.
+    `scores` is the logits variant ([K, H, W] class scores); `*_batch` / a list of images batches them."""
 
     def __init__(
         self,
@@ -124,24 +125,64 @@ class XDecoderSegmenter:
         """[K + 1, P]: the names and the official trailing "background", cached per name."""
         return self.text([*names, "background"]).to(self.dtype)
 
+    def run(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image branch: x [B, 3, H', W'], text [K + 1, P] -> (pred_logits [B, Q, K + 1],
+        pred_masks [B, Q, H'/4, W'/4]). Other runtimes (ONNX Runtime, TensorRT) override only this."""
+        out = self.forward(x, text)
+        return out["pred_logits"], out["pred_masks"]
+
     @torch.inference_mode()
     def scores(self, rgb: np.ndarray, names: list[str]) -> torch.Tensor:
         """[K, H, W] class scores at the input size."""
-        if not names:
-            raise SelfSegError("segment: give at least one class name")
-        x, valid = self.preprocess(rgb)
-        out = self.forward(x, self.text_embeddings(list(names)))
-        return semantic_map(
-            out["pred_logits"][0].float(),
-            out["pred_masks"][0].float(),
-            tuple(x.shape[-2:]),
-            valid,
-            rgb.shape[:2],
-        )
+        return self.scores_batch([rgb], names)[0]
 
-    def segment(self, rgb: np.ndarray, names: list[str]) -> np.ndarray:
-        """[H, W] int64 label map: index into `names`."""
+    @torch.inference_mode()
+    def scores_batch(
+        self, rgbs: list[np.ndarray], names: list[str], max_batch: int = 8
+    ) -> list[torch.Tensor]:
+        """[K, H_i, W_i] class scores per image. Images whose padded test size is the same run as one
+        batch (up to `max_batch`); no image is padded beyond its own size, so each result equals the
+        single-image one."""
+        names = _check_names(names)
+        for rgb in rgbs:
+            _check_rgb(rgb)
+        text = self.text_embeddings(names)
+        prepared = [self.preprocess(rgb) for rgb in rgbs]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (x, _) in enumerate(prepared):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        results: list[torch.Tensor | None] = [None] * len(rgbs)
+        for padded, members in groups.items():
+            for start in range(0, len(members), max_batch):
+                chunk = members[start : start + max_batch]
+                logits, masks = self.run(torch.cat([prepared[i][0] for i in chunk]), text)
+                for j, i in enumerate(chunk):
+                    results[i] = semantic_map(
+                        logits[j].float(), masks[j].float(), padded, prepared[i][1], rgbs[i].shape[:2]
+                    )
+        return results
+
+    def segment(self, rgb: np.ndarray | list[np.ndarray], names: list[str]) -> np.ndarray | list[np.ndarray]:
+        """[H, W] int64 label map (index into `names`); a list of images gives a list of maps."""
+        if isinstance(rgb, (list, tuple)) or (isinstance(rgb, np.ndarray) and rgb.ndim == 4):
+            return [s.argmax(0).cpu().numpy().astype(np.int64) for s in self.scores_batch(list(rgb), names)]
         return self.scores(rgb, names).argmax(0).cpu().numpy().astype(np.int64)
+
+
+def _check_names(names: list[str]) -> list[str]:
+    if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise SelfSegError(
+            f"segment: class names must be a non-empty list of non-empty strings, got {names!r}"
+        )
+    return list(names)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        what = (
+            f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        )
+        raise SelfSegError(f"segment: expected an RGB image as a [H, W, 3] uint8 array, got a {what}")
 
 
 def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -> XDecoder:
