@@ -5,7 +5,7 @@ with the class text embeddings as an INPUT, so one engine serves any vocabulary:
 
     inputs   images [B, 3, H, W] float32 (normalised, H and W multiples of 32), text [K, P] float32
     outputs  pred_logits [B, Q, K], pred_masks [B, Q, H/4, W/4]
-    dynamic  B, H, W, K (named axes: batch, height, width, classes)
+    dynamic  B, H, W, K (named axes: batch, height, width, classes; H, W multiples of 32, >= 64)
 
 The text encoder stays in PyTorch (its embeddings are cached per class name anyway), as does the
 semantic post-processing (`segmenter.semantic_map`).
@@ -24,33 +24,37 @@ from selfseg_fast.errors import SelfSegError
 INPUT_NAMES = ["images", "text"]
 OUTPUT_NAMES = ["pred_logits", "pred_masks"]
 MAX_SIDE, MAX_BATCH, MAX_CLASSES = 4096, 64, 4096  # the exported graph's declared ranges
+AXIS_NAMES = {
+    "images": ["batch", None, "height", "width"],
+    "text": ["classes", None],
+    "pred_logits": ["batch", None, "classes"],
+    "pred_masks": ["batch", None, "mask_height", "mask_width"],
+}
 
 
-def dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
-    """Named dynamic axes of the inputs: batch, height, width (multiples of 32) and classes."""
+def dynamic_shapes() -> dict[str, dict[int, object]]:
+    """Dynamic input axes: batch, classes, and height / width as multiples of 32 from 64 px (the
+    backbone's stride; the segmenter pads to it), so torch.export's shape guards hold everywhere."""
     from torch.export import Dim
 
+    side = MAX_SIDE // 32
     return {
         "images": {
             0: Dim("batch", min=1, max=MAX_BATCH),
-            2: Dim("height", min=32, max=MAX_SIDE),
-            3: Dim("width", min=32, max=MAX_SIDE),
+            2: 32 * Dim("height_div32", min=2, max=side),
+            3: 32 * Dim("width_div32", min=2, max=side),
         },
         "text": {0: Dim("classes", min=1, max=MAX_CLASSES)},
     }
 
 
-def _name_output_axes(path: Path) -> None:
-    """Give the outputs' symbolic axes readable names (the exporter derives e.g. '8*s56' for H/4)."""
+def _name_axes(path: Path) -> None:
+    """Name the graph's symbolic axes (`AXIS_NAMES`); the exporter writes expressions like '32*s39'."""
     import onnx
 
     proto = onnx.load(str(path))
-    names = {
-        "pred_logits": ["batch", None, "classes"],
-        "pred_masks": ["batch", None, "mask_height", "mask_width"],
-    }
-    for out in proto.graph.output:
-        for dim, name in zip(out.type.tensor_type.shape.dim, names.get(out.name, [])):
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim, name in zip(value.type.tensor_type.shape.dim, AXIS_NAMES.get(value.name, [])):
             if name is not None and not dim.HasField("dim_value"):
                 dim.dim_param = name
     onnx.save(proto, str(path))
@@ -96,7 +100,7 @@ def export_onnx(
             opset_version=opset,
             dynamo=True,
         )
-    _name_output_axes(path)
+    _name_axes(path)
     return path
 
 

@@ -54,7 +54,7 @@ def build_engine(
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    profile.set_shape("images", (1, 3, 32, 32), (1, 3, 640, 640), (max_batch, 3, max_side, max_side))
+    profile.set_shape("images", (1, 3, 64, 64), (1, 3, 640, 640), (max_batch, 3, max_side, max_side))
     profile.set_shape("text", (1, proj_dim), (32, proj_dim), (max_classes, proj_dim))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
