@@ -85,7 +85,9 @@ class TensorRTSegmenter(XDecoderSegmenter):
                 "--segmenter-backend tensorrt needs an engine: "
                 "selfseg-fast export xdecoder --onnx F --tensorrt E, then --set segmenter.engine_path=E"
             )
-        model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint).to(device)  # text encoder
+        model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config).to(
+            device
+        )  # text encoder
         return cls(model, sc.engine_path, test_short_side=sc.test_short_side, test_max_size=sc.test_max_size)
 
     def run(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

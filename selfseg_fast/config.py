@@ -109,6 +109,9 @@ class SegmenterConfig:
 
     variant: Literal["focal-t", "focal-l"] = "focal-t"
     checkpoint: str | None = None  # local .pt path or URL; None: the variant's official checkpoint
+    # An official X-Decoder yaml (configs/xdecoder/*.yaml): its sizes replace the variant's, for checkpoints
+    # trained with the official code at other sizes. Ignored with --weights random-tiny.
+    official_config: str | None = None
     test_short_side: int = 640  # ADE 640, Cityscapes 1024; set by the preset
     test_max_size: int = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"

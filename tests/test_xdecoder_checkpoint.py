@@ -28,7 +28,9 @@ from selfseg_fast.models.xdecoder.checkpoint import (
     resolve_source,
     select_prefix,
 )
+from selfseg_fast.models.xdecoder.config import XDecoderConfig
 from selfseg_fast.models.xdecoder.language import LanguageConfig, LanguageEncoder
+from selfseg_fast.models.xdecoder.segmenter import XDecoder
 
 
 def _meta_shapes(module_factory) -> dict[str, tuple[int, ...]]:
@@ -71,22 +73,8 @@ def test_layout_table_equals_the_official_state_dict_of_the_fixture() -> None:
     and the loader must take its backbone and language encoder with nothing missing."""
     fx = torch.load(FIXTURE, map_location="cpu", weights_only=True)
     m = fx["config"]["MODEL"]
-    dec, f, text = m["DECODER"], m["BACKBONE"]["FOCAL"], m["TEXT"]
-    layout = OfficialLayout(
-        embed=f["EMBED_DIM"],
-        depths=tuple(f["DEPTHS"]),
-        focal_levels=tuple(f["FOCAL_LEVELS"]),
-        queries=dec["NUM_OBJECT_QUERIES"],
-        hidden=dec["HIDDEN_DIM"],
-        proj=m["DIM_PROJ"],
-        ffn=dec["DIM_FEEDFORWARD"],
-        enc_layers=m["ENCODER"]["TRANSFORMER_ENC_LAYERS"],
-        dec_layers=dec["DEC_LAYERS"] - 1,
-        text_width=text["WIDTH"],
-        text_layers=text["LAYERS"],
-        vocab=fx["config"]["VOCAB_SIZE"],
-        context=text["CONTEXT_LENGTH"],
-    )
+    f, text = m["BACKBONE"]["FOCAL"], m["TEXT"]
+    layout = OfficialLayout.from_official(fx["config"])
     assert {k: tuple(v.shape) for k, v in fx["state_dict"].items()} == official_key_shapes(layout)
     net = FocalNet(FocalNetConfig(embed_dim=f["EMBED_DIM"], depths=tuple(f["DEPTHS"])))
     report = load_official_weights(net, fx["state_dict"], prefix="backbone.")
@@ -142,12 +130,8 @@ def test_unused_list_covers_exactly_the_non_semseg_keys() -> None:
 def test_full_model_coverage(variant: str) -> None:
     """The whole port (segmenter.XDecoder with its focal_t()/focal_l() config): every official key is
     loaded or known-unused, no model key is missing, and every shape agrees (Focal-L: 201 queries)."""
-    segmenter = pytest.importorskip("selfseg_fast.models.xdecoder.segmenter")
-    model_cls, cfg_cls = getattr(segmenter, "XDecoder", None), getattr(segmenter, "XDecoderConfig", None)
-    if model_cls is None or cfg_cls is None:
-        pytest.skip("segmenter.XDecoder / XDecoderConfig not available yet")
-    make_cfg = cfg_cls.focal_t if variant == "focal-t" else cfg_cls.focal_l
-    report = match_state_dict(_meta_shapes(lambda: model_cls(make_cfg())), official_key_shapes(variant))
+    make_cfg = XDecoderConfig.focal_t if variant == "focal-t" else XDecoderConfig.focal_l
+    report = match_state_dict(_meta_shapes(lambda: XDecoder(make_cfg())), official_key_shapes(variant))
     assert report.ok, f"{variant}: {report.summary()}"
     assert set(report.ignored) <= {
         "backbone_proj",

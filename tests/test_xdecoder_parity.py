@@ -9,16 +9,16 @@ their official names (strict), runs it on the fixture inputs and compares with t
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from selfseg_fast.models.xdecoder.backbone import FocalNet, FocalNetConfig
-from selfseg_fast.models.xdecoder.checkpoint import OfficialLayout, official_key_shapes, select_prefix
-from selfseg_fast.models.xdecoder.language import LanguageConfig, LanguageEncoder
+from selfseg_fast.models.xdecoder.backbone import FocalNet
+from selfseg_fast.models.xdecoder.checkpoint import select_prefix
+from selfseg_fast.models.xdecoder.config import XDecoderConfig
+from selfseg_fast.models.xdecoder.language import LanguageEncoder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "xdecoder" / "tiny_official.pt"
 
@@ -44,70 +44,12 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def _port(name: str):
-    """An E2 module of the port, or skip while it does not exist yet."""
-    try:
-        return importlib.import_module(f"selfseg_fast.models.xdecoder.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"selfseg_fast.models.xdecoder.{name}":
-            pytest.skip(f"selfseg_fast.models.xdecoder.{name} is not written yet")
-        raise
-
-
 # ---- the fixture itself ---------------------------------------------------------------------------------
 
 
-def _focal_cfg(fx: dict) -> FocalNetConfig:
-    f = fx["config"]["MODEL"]["BACKBONE"]["FOCAL"]
-    return FocalNetConfig(
-        embed_dim=f["EMBED_DIM"],
-        depths=tuple(f["DEPTHS"]),
-        focal_levels=tuple(f["FOCAL_LEVELS"]),
-        focal_windows=tuple(f["FOCAL_WINDOWS"]),
-    )
-
-
-def _language_cfg(fx: dict) -> LanguageConfig:
-    t = fx["config"]["MODEL"]["TEXT"]
-    return LanguageConfig(
-        vocab_size=fx["config"]["VOCAB_SIZE"],
-        context_length=t["CONTEXT_LENGTH"],
-        width=t["WIDTH"],
-        layers=t["LAYERS"],
-        heads=t["HEADS"],
-        proj_dim=fx["config"]["MODEL"]["DIM_PROJ"],
-    )
-
-
-def test_official_key_names_match_our_layout_table(fx: dict) -> None:
-    """checkpoint.official_key_shapes (written from reading the code) names exactly the keys the official
-    model has; shapes agree except where the table assumes DIM_PROJ == hidden (true for every release)."""
-    m = fx["config"]["MODEL"]
-    dec, f = m["DECODER"], m["BACKBONE"]["FOCAL"]
-    layout = OfficialLayout(
-        embed=f["EMBED_DIM"],
-        depths=tuple(f["DEPTHS"]),
-        focal_levels=tuple(f["FOCAL_LEVELS"]),
-        queries=dec["NUM_OBJECT_QUERIES"],
-        hidden=dec["HIDDEN_DIM"],
-        ffn=dec["DIM_FEEDFORWARD"],
-        enc_layers=m["ENCODER"]["TRANSFORMER_ENC_LAYERS"],
-        dec_layers=dec["DEC_LAYERS"] - 1,
-        text_width=m["TEXT"]["WIDTH"],
-        text_layers=m["TEXT"]["LAYERS"],
-        vocab=fx["config"]["VOCAB_SIZE"],
-        context=m["TEXT"]["CONTEXT_LENGTH"],
-    )
-    table, official = official_key_shapes(layout), fx["state_dict"]
-    assert sorted(table) == sorted(official)
-    proj_keys = {
-        "backbone_proj",
-        "sem_seg_head.predictor.class_embed",
-        "sem_seg_head.predictor.caping_embed",
-        "sem_seg_head.predictor.lang_encoder.lang_proj",
-    }
-    wrong = [k for k, v in official.items() if tuple(v.shape) != tuple(table[k]) and k not in proj_keys]
-    assert not wrong
+def _config(fx: dict) -> XDecoderConfig:
+    """Our config read from the fixture's official config dict (the same reader users get)."""
+    return XDecoderConfig.from_official(fx["config"])
 
 
 def test_fixture_semantic_inference_recipe(fx: dict) -> None:
@@ -132,7 +74,7 @@ def test_fixture_semantic_inference_recipe(fx: dict) -> None:
 
 
 def test_backbone_matches_official(fx: dict) -> None:
-    model = FocalNet(_focal_cfg(fx)).eval()
+    model = FocalNet(_config(fx).backbone).eval()
     model.load_state_dict(select_prefix(fx["state_dict"], "backbone."), strict=True)
     with torch.no_grad():
         feats = model(fx["inputs"]["images_normalized"])
@@ -143,7 +85,7 @@ def test_backbone_matches_official(fx: dict) -> None:
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_language_encoder_matches_official(fx: dict, impl: str) -> None:
-    model = LanguageEncoder(_language_cfg(fx)).eval()
+    model = LanguageEncoder(_config(fx).language).eval()
     prefix = "sem_seg_head.predictor.lang_encoder."
     model.load_state_dict(select_prefix(fx["state_dict"], prefix), strict=True)
     ids, mask = fx["inputs"]["token_ids"], fx["inputs"]["attention_mask"]

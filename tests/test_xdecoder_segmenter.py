@@ -14,11 +14,7 @@ from PIL import Image
 from selfseg_fast.cli import main
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.errors import SelfSegError, WeightsError
-from selfseg_fast.models.xdecoder.backbone import FocalNetConfig
 from selfseg_fast.models.xdecoder.checkpoint import load_official_weights
-from selfseg_fast.models.xdecoder.decoder import DecoderConfig
-from selfseg_fast.models.xdecoder.language import LanguageConfig
-from selfseg_fast.models.xdecoder.pixel_decoder import PixelDecoderConfig
 from selfseg_fast.models.xdecoder.segmenter import (
     XDecoder,
     XDecoderConfig,
@@ -30,45 +26,6 @@ from selfseg_fast.models.xdecoder.segmenter import (
 FIXTURE = Path(__file__).parent / "fixtures" / "xdecoder" / "tiny_official.pt"
 
 
-def fixture_config(fx: dict) -> XDecoderConfig:
-    m = fx["config"]["MODEL"]
-    f, enc, dec, text = m["BACKBONE"]["FOCAL"], m["ENCODER"], m["DECODER"], m["TEXT"]
-    backbone = FocalNetConfig(
-        embed_dim=f["EMBED_DIM"], depths=tuple(f["DEPTHS"]), focal_levels=tuple(f["FOCAL_LEVELS"]),
-        focal_windows=tuple(f["FOCAL_WINDOWS"]),
-    )  # fmt: skip
-    return XDecoderConfig(
-        backbone=backbone,
-        pixel=PixelDecoderConfig(
-            in_channels=tuple(backbone.num_features),
-            conv_dim=enc["CONVS_DIM"],
-            mask_dim=enc["MASK_DIM"],
-            encoder_layers=enc["TRANSFORMER_ENC_LAYERS"],
-            heads=dec["NHEADS"],
-            ffn_dim=dec["DIM_FEEDFORWARD"],
-        ),  # fmt: skip
-        decoder=DecoderConfig(
-            in_channels=enc["CONVS_DIM"],
-            hidden=dec["HIDDEN_DIM"],
-            proj_dim=m["DIM_PROJ"],
-            num_queries=dec["NUM_OBJECT_QUERIES"],
-            heads=dec["NHEADS"],
-            ffn_dim=dec["DIM_FEEDFORWARD"],
-            dec_layers=dec["DEC_LAYERS"],
-            mask_dim=enc["MASK_DIM"],
-            context_length=text["CONTEXT_LENGTH"],
-        ),  # fmt: skip
-        language=LanguageConfig(
-            vocab_size=fx["config"]["VOCAB_SIZE"],
-            context_length=text["CONTEXT_LENGTH"],
-            width=text["WIDTH"],
-            layers=text["LAYERS"],
-            heads=text["HEADS"],
-            proj_dim=m["DIM_PROJ"],
-        ),  # fmt: skip
-    )
-
-
 @pytest.fixture(scope="module")
 def fx() -> dict:
     return torch.load(FIXTURE, map_location="cpu", weights_only=True)
@@ -76,7 +33,7 @@ def fx() -> dict:
 
 @pytest.fixture(scope="module")
 def official_model(fx):
-    model = XDecoder(fixture_config(fx)).eval()
+    model = XDecoder(XDecoderConfig.from_official(fx["config"])).eval()
     report = load_official_weights(model, fx["state_dict"], strict=True)
     assert report.ok and not report.missing and len(report.ignored) <= 5
     return model

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from selfseg_fast.models.xdecoder.segmenter import build_model
 
     sc = cfg.segmenter
-    model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint)
+    model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config)
     path = export_onnx(model, args.onnx, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if not args.no_check:

@@ -232,6 +232,29 @@ class OfficialLayout:
     context: int = 77
     num_classes: int = 133  # COCO panoptic: criterion.empty_weight has num_classes + 1 entries
 
+    @classmethod
+    def from_official(cls, cfg: Mapping) -> OfficialLayout:
+        """The layout an official config (parsed yaml with MODEL) gives; see XDecoderConfig.from_official."""
+        m = cfg["MODEL"]
+        f, dec, text = m["BACKBONE"]["FOCAL"], m["DECODER"], m["TEXT"]
+        return cls(
+            embed=f["EMBED_DIM"],
+            depths=tuple(f["DEPTHS"]),
+            focal_levels=tuple(f["FOCAL_LEVELS"]),
+            depthwise=m["BACKBONE"]["NAME"] == "focal_dw",
+            queries=dec["NUM_OBJECT_QUERIES"],
+            hidden=dec["HIDDEN_DIM"],
+            proj=m["DIM_PROJ"],
+            ffn=dec["DIM_FEEDFORWARD"],
+            enc_layers=m["ENCODER"]["TRANSFORMER_ENC_LAYERS"],
+            dec_layers=dec["DEC_LAYERS"] - 1,
+            text_width=text["WIDTH"],
+            text_layers=text["LAYERS"],
+            vocab=cfg.get("VOCAB_SIZE", 49408),
+            context=text["CONTEXT_LENGTH"],
+            num_classes=m["ENCODER"].get("NUM_CLASSES", 133),
+        )
+
 
 OFFICIAL_LAYOUTS = {
     "focal-t": OfficialLayout(),

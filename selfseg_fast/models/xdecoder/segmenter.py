@@ -185,9 +185,12 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise SelfSegError(f"segment: expected an RGB image as a [H, W, 3] uint8 array, got a {what}")
 
 
-def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -> XDecoder:
+def build_model(
+    variant: str, weights: str, seed: int, checkpoint: str | None, official_config: str | None = None
+) -> XDecoder:
     """The model for --weights pretrained (official checkpoint) | random (full size) | random-tiny.
-    The checkpoint is read before the model is built, so a missing file fails at once."""
+    `official_config` (an official yaml) sets the sizes instead of `variant`. The checkpoint and config
+    are read before the model is built, so a missing file fails at once."""
     from selfseg_fast.models.xdecoder.checkpoint import (
         DEFAULT_CHECKPOINT,
         load_official_weights,
@@ -210,7 +213,12 @@ def build_model(variant: str, weights: str, seed: int, checkpoint: str | None) -
                 f"X-Decoder {variant} weights unavailable ({exc}); {fix} "
                 "(or --set segmenter.checkpoint=PATH), or run with --weights random or --weights random-tiny"
             ) from None
-    cfg = XDecoderConfig.for_variant("tiny" if weights == "random-tiny" else variant)
+    if weights == "random-tiny":
+        cfg = XDecoderConfig.tiny()
+    elif official_config:
+        cfg = XDecoderConfig.from_official_yaml(official_config)
+    else:
+        cfg = XDecoderConfig.for_variant(variant)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = XDecoder(cfg)
@@ -244,7 +252,7 @@ def build_segmenter(cfg, device: torch.device | str = "cpu") -> XDecoderSegmente
         from selfseg_export.tensorrt_engine import TensorRTSegmenter
 
         return TensorRTSegmenter.from_config(cfg, device)
-    model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint).to(device)
+    model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config).to(device)
     if sc.backend == "onnxruntime":
         from selfseg_export.runtimes import ORTSegmenter
 
