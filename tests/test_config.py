@@ -92,3 +92,22 @@ def test_cli_flags_map_onto_the_config() -> None:
     bad = parser.parse_args(["--set", "caption.cycles"])
     with pytest.raises(SelfSegError, match="expected KEY=VALUE"):
         config_from_args(bad)
+
+
+@pytest.mark.parametrize("command", ["segment", "bench", "label", "export"])
+def test_segmenter_flags_reach_the_config_of_every_command_that_segments(command: str) -> None:
+    """--checkpoint (and --segmenter-backend where the command runs X-Decoder) set cfg.segmenter."""
+    from selfseg_fast.cli import build_parser
+
+    required = {
+        "segment": ["x.jpg"],
+        "bench": ["--dataset", "synthetic"],
+        "label": ["folder", "--out", "o"],
+        "export": ["xdecoder", "--onnx", "m.onnx"],
+    }[command]
+    flags = ["--checkpoint", "ckpt.pt"]
+    if command != "export":
+        flags += ["--segmenter-backend", "onnxruntime"]
+    cfg = config_from_args(build_parser().parse_args([command, *required, *flags]))
+    assert cfg.segmenter.checkpoint == "ckpt.pt"
+    assert cfg.segmenter.backend == ("torch" if command == "export" else "onnxruntime")

@@ -20,7 +20,12 @@ import math
 import sys
 from pathlib import Path
 
-from selfseg_fast.commands.options import add_config_options, config_from_args
+from selfseg_fast.commands.options import (
+    add_config_options,
+    add_profile_option,
+    add_segmenter_options,
+    config_from_args,
+)
 from selfseg_fast.errors import SelfSegError
 from selfseg_fast.profiling import maybe_profile, write_stage_table
 
@@ -65,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, metavar="N", help="images per pipeline call (default: config)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
+    add_profile_option(parser)
     parser.add_argument(
         "--ray",
         metavar="ADDRESS",
@@ -73,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the pipeline data-parallel on a Ray cluster (one actor with the models per GPU); "
         "'local' starts Ray on this machine",
     )
+    add_segmenter_options(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from selfseg_fast.commands.options import add_config_options, config_from_args
+from selfseg_fast.commands.options import add_config_options, add_profile_option, config_from_args
 from selfseg_fast.errors import ImageError
 from selfseg_fast.images import LoadedImage, iter_image_paths, load_image
 from selfseg_fast.profiling import maybe_profile, write_stage_table
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     parser.add_argument("--json", metavar="FILE", help="write the full results as JSON")
-    parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
+    add_profile_option(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)
 

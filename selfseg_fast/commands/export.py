@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from selfseg_fast.commands.options import add_config_options, config_from_args
+from selfseg_fast.commands.options import add_config_options, add_segmenter_options, config_from_args
 from selfseg_fast.errors import SelfSegError
 
 
@@ -30,11 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model size (default: segmenter.variant; tiny = the random-weight test model)",
     )
-    parser.add_argument(
-        "--checkpoint", metavar="PATH", help="X-Decoder checkpoint (.pt path or URL) for --weights pretrained"
-    )
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+    add_segmenter_options(parser, backend=False)
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -45,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides({"weights": "random-tiny"})
     elif args.variant:
         cfg = cfg.with_overrides({"segmenter.variant": args.variant})
-    if args.checkpoint:
-        cfg = cfg.with_overrides({"segmenter.checkpoint": args.checkpoint})
     from selfseg_export.onnx_export import check_onnx, export_onnx
     from selfseg_fast.models.xdecoder.segmenter import build_model
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selfseg_fast.commands.options import add_config_options, config_from_args
+from selfseg_fast.commands.options import add_config_options, add_segmenter_options, config_from_args
 from selfseg_fast.errors import SelfSegError
 from selfseg_fast.images import iter_image_paths
 
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--ray", metavar="ADDRESS", default=None, help="Ray cluster address, or 'local'")
+    add_segmenter_options(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)
 

@@ -61,8 +61,29 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
     parser.set_defaults(_default_preset=default_preset)
 
 
+def add_segmenter_options(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    """--checkpoint (X-Decoder weights) and, with `backend`, --segmenter-backend."""
+    group = parser.add_argument_group("segmenter (X-Decoder)")
+    group.add_argument(
+        "--checkpoint", metavar="PATH", help="X-Decoder checkpoint (.pt path or URL) for --weights pretrained"
+    )
+    if backend:
+        group.add_argument(
+            "--segmenter-backend",
+            choices=["torch", "onnxruntime", "tensorrt"],
+            default=None,
+            help="how X-Decoder runs (onnxruntime/tensorrt: files from `selfseg-fast export`; "
+            "tensorrt is not exercised here)",
+        )
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
+
+
 def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
-    """Build the config: file or preset, then --maskblip, then explicit flags, then --set."""
+    """Build the config: file or preset, then --maskblip, then explicit flags (incl. the segmenter's),
+    then --set."""
     if args.config:
         cfg = SelfSegConfig.from_file(args.config)
         if args.preset:
@@ -80,6 +101,10 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
         overrides["engine"] = default_engine()
     if getattr(args, "kmeans", None):
         overrides["cluster.kmeans_backend"] = args.kmeans
+    if getattr(args, "checkpoint", None):
+        overrides["segmenter.checkpoint"] = args.checkpoint
+    if getattr(args, "segmenter_backend", None):
+        overrides["segmenter.backend"] = args.segmenter_backend
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:

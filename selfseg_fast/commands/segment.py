@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from selfseg_fast.commands.options import add_config_options, config_from_args
+from selfseg_fast.commands.options import (
+    add_config_options,
+    add_profile_option,
+    add_segmenter_options,
+    config_from_args,
+)
 from selfseg_fast.errors import ImageError, SelfSegError
 from selfseg_fast.images import iter_image_paths, load_image
 from selfseg_fast.profiling import maybe_profile, write_stage_table
@@ -36,16 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--classes", metavar="NAMES", help='comma-separated class names, e.g. "car,road,tree"'
     )
     parser.add_argument("--out", metavar="DIR", help="write label PNG, overlay and JSON per image")
-    parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
-    parser.add_argument(
-        "--segmenter-backend",
-        choices=["torch", "onnxruntime", "tensorrt"],
-        default=None,
-        help="how X-Decoder runs (tensorrt: an engine built by `selfseg-fast export`; not exercised here)",
-    )
-    parser.add_argument(
-        "--checkpoint", metavar="PATH", help="X-Decoder checkpoint (.pt path or URL) for --weights pretrained"
-    )
+    add_profile_option(parser)
+    add_segmenter_options(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -59,10 +56,6 @@ def parse_classes(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if args.segmenter_backend:
-        cfg = cfg.with_overrides({"segmenter.backend": args.segmenter_backend})
-    if args.checkpoint:
-        cfg = cfg.with_overrides({"segmenter.checkpoint": args.checkpoint})
     names = parse_classes(args.classes) if args.classes else None
     from selfseg_fast.pipeline import SelfSegPipeline
 
