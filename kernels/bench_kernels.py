@@ -2,7 +2,8 @@
 
     python -m selfseg_kernels.bench_kernels [--device cuda] [--repeat 20] [--csv out.csv]
 
-Rows: k-means assignment (Triton fused distance+argmin vs torch matmul+argmin), the batched Hungarian
+Rows: k-means assignment (Triton fused distance+argmin vs torch matmul+argmin), the IoU counts of the
+alignment (CuPy joint histogram vs torch one-hot matmul), the batched Hungarian
 (vs SciPy, problem by problem), the batched CRF (vs crfseg, image by image), and the batched majority
 filter (vs the per-cell loop). Shapes are the engine's: a batch of B images, 4 k-means problems per
 image, 1024 patches x 1280 dims, k <= 8. Triton rows need CUDA (on CPU the kernel only runs in
@@ -39,7 +40,12 @@ def _time(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
 def bench(device: torch.device, batch: int, repeat: int) -> list[dict]:
     from scipy.optimize import linear_sum_assignment
 
-    from selfseg_fast.stages.align import linear_sum_assignment_batched
+    from selfseg_fast.stages.align import (
+        cupy_available,
+        intersections_cupy,
+        intersections_torch,
+        linear_sum_assignment_batched,
+    )
     from selfseg_fast.stages.denoise import clean_batched, clean_reference, crf_batched, crf_reference
     from selfseg_kernels.kmeans_assign import assign_nearest_torch, assign_nearest_triton, triton_usable
 
@@ -65,6 +71,12 @@ def bench(device: torch.device, batch: int, repeat: int) -> list[dict]:
             "triton",
             _time(lambda: assign_nearest_triton(x, x_sq, c, valid, 1e30), device, repeat),
         )
+
+    runs = torch.randint(0, 8, (3 * batch, 1024), generator=gen).to(device)
+    refs = torch.randint(0, 8, (3 * batch, 1024), generator=gen).to(device)
+    add("iou_counts", "torch", _time(lambda: intersections_torch(runs, refs, 8), device, repeat))
+    if device.type == "cuda" and cupy_available():
+        add("iou_counts", "cupy", _time(lambda: intersections_cupy(runs, refs, 8), device, repeat))
 
     cost = torch.rand(3 * batch, 8, 8, generator=gen, dtype=torch.float64)
     n = torch.full((3 * batch,), 8)

@@ -90,11 +90,22 @@ def test_reference_run_is_first_with_most_clusters():
 @pytest.mark.gpu
 def test_cupy_intersections_equal_torch():
     pytest.importorskip("cupy")
-    from selfseg_fast.stages.align import _intersections_cupy
+    from selfseg_fast.stages.align import intersections_cupy, intersections_torch
 
     runs = torch.randint(0, 8, (6, 1024), device="cuda")
     refs = torch.randint(0, 8, (6, 1024), device="cuda")
-    inter, _, _ = _intersections_cupy(runs, refs, 8)
-    a = torch.nn.functional.one_hot(runs, 8).double()
-    b = torch.nn.functional.one_hot(refs, 8).double()
-    assert torch.equal(inter, torch.bmm(a.transpose(1, 2), b))
+    for got, want in zip(intersections_cupy(runs, refs, 8), intersections_torch(runs, refs, 8)):
+        assert torch.equal(got, want)
+
+
+def test_torch_intersections_count_label_pairs():
+    from selfseg_fast.stages.align import intersections_torch
+
+    gen = torch.Generator().manual_seed(0)
+    runs, refs = torch.randint(0, 5, (3, 200), generator=gen), torch.randint(0, 5, (3, 200), generator=gen)
+    inter, size_a, size_b = intersections_torch(runs, refs, 5)
+    for p in range(3):
+        for a in range(5):
+            assert size_a[p, a] == (runs[p] == a).sum() and size_b[p, a] == (refs[p] == a).sum()
+            for b in range(5):
+                assert inter[p, a, b] == ((runs[p] == a) & (refs[p] == b)).sum()

@@ -46,12 +46,9 @@ def match_scores_batched(runs: torch.Tensor, refs: torch.Tensor, k: int, cost: s
     meaningless and are masked by the caller.
     """
     if runs.is_cuda and cupy_available():
-        inter, size_a, size_b = _intersections_cupy(runs, refs, k)
+        inter, size_a, size_b = intersections_cupy(runs, refs, k)
     else:
-        a = torch.nn.functional.one_hot(runs, k).double()  # [P, N, k]
-        b = torch.nn.functional.one_hot(refs, k).double()
-        inter = torch.bmm(a.transpose(1, 2), b)  # [P, k, k]
-        size_a, size_b = a.sum(1), b.sum(1)  # [P, k]
+        inter, size_a, size_b = intersections_torch(runs, refs, k)
     if cost == "iou":
         union = size_a[:, :, None] + size_b[:, None, :] - inter
         return inter / union.clamp_min(1.0)
@@ -66,7 +63,19 @@ def cupy_available() -> bool:
     return True
 
 
-def _intersections_cupy(runs: torch.Tensor, refs: torch.Tensor, k: int):
+def intersections_torch(
+    runs: torch.Tensor, refs: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[P, N] x [P, N] labels -> intersections [P, k, k] (float64), run sizes [P, k], reference sizes
+    [P, k], by one batched one-hot matmul (the torch fallback of `intersections_cupy`)."""
+    a = torch.nn.functional.one_hot(runs, k).double()  # [P, N, k]
+    b = torch.nn.functional.one_hot(refs, k).double()
+    return torch.bmm(a.transpose(1, 2), b), a.sum(1), b.sum(1)
+
+
+def intersections_cupy(
+    runs: torch.Tensor, refs: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same counts with CuPy on the GPU (zero-copy via DLPack): a joint histogram per problem,
     intersection[p, a, b] = #patches with run label a and reference label b."""
     import cupy
