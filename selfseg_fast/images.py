@@ -118,14 +118,19 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
 
 def iter_image_paths(args: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand CLI arguments: files as given (even odd extensions: they fail later with a clear line),
-    folders to their image files (sorted, recursive)."""
+    folders to their image files (sorted, recursive). A folder without any image is an error, raised
+    before any work starts (a typo in a folder name should not look like a finished run)."""
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            paths.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            )
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ImageError(
+                    f"no image files in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})",
+                    path=str(path),
+                )
+            paths.extend(found)
         else:
             paths.append(path)
     return paths

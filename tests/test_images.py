@@ -135,3 +135,12 @@ def test_folder_expansion_and_partial_failure(tmp_path):
     assert [p.name for p in paths] == ["a.jpg", "b.png", "bad.png"]
     loaded = load_images(paths)
     assert isinstance(loaded[2], ImageError) and loaded[0].rgb.shape == (4, 4, 3)
+
+
+def test_folder_without_images_is_a_one_line_error_before_any_work(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(ImageError) as info:
+        iter_image_paths([tmp_path / "a.png", tmp_path / "empty"])
+    _one_line_naming(info.value, tmp_path / "empty")
+    assert "no image files" in str(info.value)
