@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import tempfile
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from PIL import Image
 
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.errors import ImageError
 from selfseg_fast.images import load_image
+from selfseg_fast.label_maps import label_png_bytes, pixel_shares
 from selfseg_fast.serving import SelfSegService, ServiceConfig
 
 MAX_BODY_BYTES = 32 * 2**20
@@ -65,18 +63,11 @@ def _decode(body: bytes):
 
 
 def _response(result) -> dict:
-    labels = result.label_map
-    names = result.class_names
-    mask = np.where(labels < 0, 255, labels).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buffer, format="PNG")
-    total = max(1, labels.size)
-    shares = {name: float((labels == i).sum()) / total for i, name in enumerate(names)}
     return {
-        "names": names,
-        "shares": shares,
+        "names": result.class_names,
+        "shares": pixel_shares(result.label_map, result.class_names),
         "captions": {str(k): v for k, v in result.description.captions.items()},
-        "mask_png_base64": base64.b64encode(buffer.getvalue()).decode(),
+        "mask_png_base64": base64.b64encode(label_png_bytes(result.label_map)).decode(),
     }
 
 

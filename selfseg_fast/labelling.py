@@ -9,19 +9,16 @@ identical to the single-process run because every seed derives from the run seed
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.errors import ImageError
 from selfseg_fast.images import LoadedImage, load_image
+from selfseg_fast.label_maps import label_png_bytes, pixel_shares
 
 
 def output_name(path: Path, root: Path) -> str:
@@ -50,14 +47,10 @@ def label_batch(pipeline, paths: list[str]) -> list[dict]:
 
 def segmentation_record(seg) -> dict:
     """JSON-ready record of a `Segmentation`, with the label map as PNG bytes."""
-    labels = seg.label_map
-    total = max(1, labels.size)
     record = seg.description.to_json()
     record["names"] = seg.class_names
-    record["shares"] = {name: float((labels == i).sum()) / total for i, name in enumerate(seg.class_names)}
-    buffer = io.BytesIO()
-    Image.fromarray(np.where(labels < 0, 255, labels).astype(np.uint8), mode="L").save(buffer, format="PNG")
-    record["label_png"] = buffer.getvalue()
+    record["shares"] = pixel_shares(seg.label_map, seg.class_names)
+    record["label_png"] = label_png_bytes(seg.label_map)
     return record
 
 

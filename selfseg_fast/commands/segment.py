@@ -26,6 +26,7 @@ from selfseg_fast.commands.options import (
 )
 from selfseg_fast.errors import ImageError, SelfSegError
 from selfseg_fast.images import iter_image_paths, load_image
+from selfseg_fast.label_maps import label_map_uint8, pixel_shares
 from selfseg_fast.profiling import maybe_profile, write_stage_table
 
 
@@ -92,11 +93,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def pixel_shares(label_map: np.ndarray, names: list[str]) -> dict[str, float]:
-    total = max(1, label_map.size)
-    return {name: float((label_map == i).sum()) / total for i, name in enumerate(names)}
-
-
 def palette(n: int) -> np.ndarray:
     """n distinct colours (a fixed golden-ratio hue walk), [n, 3] uint8."""
     import colorsys
@@ -110,7 +106,7 @@ def palette(n: int) -> np.ndarray:
 def write_outputs(out_dir: Path, stem: str, rgb, label_map, names, shares, captions) -> None:
     """<stem>_labels.png (palette), <stem>_overlay.png (50 % blend + legend), <stem>.json."""
     colours = palette(max(1, len(names)))
-    labels = Image.fromarray(np.where(label_map < 0, 255, label_map).astype(np.uint8), mode="P")
+    labels = Image.fromarray(label_map_uint8(label_map), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(colours)] = colours
     labels.putpalette(flat.ravel().tolist())
