@@ -52,14 +52,14 @@ class FastEngine:
 
     def paths_note(self) -> str:
         """One line naming which implementation of each stage runs here (optional GPU libraries)."""
-        from selfseg_fast.stages.align import cupy_available
+        from selfseg_fast.stages.align import cupy_available, resolve_hungarian_solver
         from selfseg_kernels.kmeans_assign import triton_usable
 
         cc, on_gpu = self.cfg.cluster, self.device.type == "cuda"
         kmeans = "cuML" if cc.kmeans_backend == "cuml" else "batched torch"
         if cc.kmeans_backend == "torch":
             kmeans += " + Triton assignment" if triton_usable(self.device) else " (torch assignment)"
-        solver = cc.hungarian_solver if cc.hungarian_solver != "auto" else ("batched" if on_gpu else "scipy")
+        solver = resolve_hungarian_solver(cc.hungarian_solver, self.device)
         return (
             f"fast engine on {self.device}: encoder SDPA {str(self.encoder.dtype).removeprefix('torch.')}"
             f"{' compiled' if self.cfg.compile else ''}; k-means {kmeans}; "

@@ -246,6 +246,14 @@ def solve_assignments_on_host(cost: torch.Tensor, n_rows: torch.Tensor, n_cols: 
     return torch.from_numpy(out).to(cost.device)
 
 
+def resolve_hungarian_solver(solver: str, device: torch.device) -> str:
+    """ "auto" -> "batched" on the GPU (no host sync), "scipy" on the CPU (SciPy's loop over a dozen
+    8x8 problems is cheaper there than many tiny torch ops); other values as given."""
+    if solver != "auto":
+        return solver
+    return "batched" if device.type == "cuda" else "scipy"
+
+
 def align_and_vote_batched(
     runs: torch.Tensor, k: int, cost: str = "iou", solver: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,9 +281,8 @@ def align_and_vote_batched(
         2, order_ref[:, None, :].expand(-1, k, -1)
     )
     signed = -compact if cost == "iou" else compact
-    if solver == "auto":  # on the GPU: no host sync; on the CPU SciPy's loop is cheaper than many tiny ops
-        solver = "batched" if runs.is_cuda else "scipy"
-    solve = linear_sum_assignment_batched if solver == "batched" else solve_assignments_on_host
+    batched = resolve_hungarian_solver(solver, runs.device) == "batched"
+    solve = linear_sum_assignment_batched if batched else solve_assignments_on_host
     col = solve(signed, present_f.sum(1), ref_present.sum(1))  # [BR, k] (identical results)
     # mapping run id -> ref id (padding positions write to a scratch column k)
     mapping = torch.zeros(b * r, k + 1, dtype=torch.int64, device=dev)
