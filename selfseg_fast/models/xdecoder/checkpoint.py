@@ -234,25 +234,28 @@ class OfficialLayout:
 
     @classmethod
     def from_official(cls, cfg: Mapping) -> OfficialLayout:
-        """The layout an official config (parsed yaml with MODEL) gives; see XDecoderConfig.from_official."""
-        m = cfg["MODEL"]
-        f, dec, text = m["BACKBONE"]["FOCAL"], m["DECODER"], m["TEXT"]
+        """The layout an official config (parsed yaml with MODEL) gives: read by
+        XDecoderConfig.from_official, plus the training criterion's class count."""
+        from selfseg_fast.models.xdecoder.config import XDecoderConfig
+
+        model = XDecoderConfig.from_official(cfg)
+        backbone, dec, lang = model.backbone, model.decoder, model.language
         return cls(
-            embed=f["EMBED_DIM"],
-            depths=tuple(f["DEPTHS"]),
-            focal_levels=tuple(f["FOCAL_LEVELS"]),
-            depthwise=m["BACKBONE"]["NAME"] == "focal_dw",
-            queries=dec["NUM_OBJECT_QUERIES"],
-            hidden=dec["HIDDEN_DIM"],
-            proj=m["DIM_PROJ"],
-            ffn=dec["DIM_FEEDFORWARD"],
-            enc_layers=m["ENCODER"]["TRANSFORMER_ENC_LAYERS"],
-            dec_layers=dec["DEC_LAYERS"] - 1,
-            text_width=text["WIDTH"],
-            text_layers=text["LAYERS"],
-            vocab=cfg.get("VOCAB_SIZE", 49408),
-            context=text["CONTEXT_LENGTH"],
-            num_classes=m["ENCODER"].get("NUM_CLASSES", 133),
+            embed=backbone.embed_dim,
+            depths=backbone.depths,
+            focal_levels=backbone.focal_levels,
+            depthwise=backbone.variant == "focal_dw",
+            queries=dec.num_queries,
+            hidden=dec.hidden,
+            proj=dec.proj_dim,
+            ffn=dec.ffn_dim,
+            enc_layers=model.pixel.encoder_layers,
+            dec_layers=dec.dec_layers - 1,
+            text_width=lang.width,
+            text_layers=lang.layers,
+            vocab=lang.vocab_size,
+            context=lang.context_length,
+            num_classes=cfg["MODEL"]["ENCODER"].get("NUM_CLASSES", 133),
         )
 
 
