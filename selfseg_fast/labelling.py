@@ -9,12 +9,11 @@ identical to the single-process run because every seed derives from the run seed
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from selfseg_fast.atomic_files import write_json_atomic
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.errors import ImageError
 from selfseg_fast.images import LoadedImage, load_image
@@ -60,9 +59,7 @@ def write_outputs(out_dir: Path, name: str, record: dict) -> None:
     png = record.pop("label_png", None)
     if png is not None:
         (out_dir / f"{name}.png").write_bytes(png)
-    tmp = out_dir / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out_dir / f"{name}.json")
+    write_json_atomic(out_dir / f"{name}.json", record)
 
 
 def pending_paths(paths: list[Path], root: Path, out_dir: Path) -> list[Path]:

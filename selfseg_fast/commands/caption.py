@@ -9,12 +9,11 @@ the others still run; the exit code is then non-zero.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from selfseg_fast.atomic_files import write_json_atomic
 from selfseg_fast.commands.options import add_config_options, add_profile_option, config_from_args
 from selfseg_fast.errors import ImageError
 from selfseg_fast.images import LoadedImage, iter_image_paths, load_image
@@ -72,6 +71,4 @@ def _write_json(path: str | None, cfg, records: list[dict]) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "images": records}, indent=1))
-    os.replace(tmp, target)
+    write_json_atomic(target, {"config": cfg.to_dict(), "images": records})

@@ -27,6 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
+from selfseg_fast.atomic_files import write_json_atomic
+
 BACKGROUND = "background"
 
 PROMPT_TEMPLATES = {
@@ -181,9 +183,7 @@ class LoveCache:
             return
         self.data.setdefault(backend, {}).setdefault(dataset, {}).update(mapping)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+        write_json_atomic(self.path, self.data, sort_keys=True)
 
 
 # ---- LOVE ----------------------------------------------------------------------------------------------

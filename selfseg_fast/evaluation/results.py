@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from selfseg_fast.atomic_files import write_json_atomic
 from selfseg_fast.errors import SelfSegError
 
 
@@ -69,9 +70,3 @@ class ResultsStore:
         path = self.out_dir / "results.json"
         write_json_atomic(path, summary)
         return path
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
