@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from transformers import CLIPTokenizer
-from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
 from selfseg_fast.errors import WeightsError
 
@@ -29,6 +28,15 @@ CLIP_TOKENIZER_ID = "openai/clip-vit-base-patch32"
 CONTEXT_LENGTH = 77
 N_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges: vocab = 512 byte symbols + merges + 2 specials
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def byte_symbols() -> list[str]:
+    """CLIP's (GPT-2's) 256 byte symbols in vocabulary order: the 188 printable bytes stand for themselves
+    (in byte order), then the other 68 bytes, in byte order, take the code points 256, 257, ...
+    (transformers 4.x exported this table as `bytes_to_unicode`; 5.x no longer does.)"""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
 
 
 def bundled_bpe_path() -> Path | None:
@@ -48,7 +56,7 @@ def write_vocab_files(bpe_path: str | Path, folder: str | Path) -> None:
     with gzip.open(bpe_path, "rt", encoding="utf-8") as fh:
         lines = fh.read().strip().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
-    symbols = list(bytes_to_unicode().values())
+    symbols = byte_symbols()
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder = Path(folder)
@@ -61,7 +69,7 @@ def tokenizer_from_bpe(bpe_path: str | Path) -> CLIPTokenizer:
     """A `CLIPTokenizer` built from a CLIP BPE merges file (vocabulary rebuilt at runtime)."""
     with tempfile.TemporaryDirectory() as tmp:
         write_vocab_files(bpe_path, tmp)
-        tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"))
+        tok = CLIPTokenizer.from_pretrained(tmp)  # the folder form loads the same on transformers 4.x and 5.x
     tok.model_max_length = CONTEXT_LENGTH
     return tok
 
@@ -81,14 +89,17 @@ def load_clip_tokenizer(source: str | None = None) -> CLIPTokenizer:
     elif source == CLIP_TOKENIZER_ID and (bpe := bundled_bpe_path()) is not None:
         tok = tokenizer_from_bpe(bpe)
     else:
+        error = WeightsError(
+            f"cannot load the CLIP tokenizer {source!r} offline; install open_clip_torch "
+            "(pip install --no-deps open_clip_torch: it ships the BPE file) or pass a folder "
+            "with vocab.json and merges.txt"
+        )
         try:
             tok = CLIPTokenizer.from_pretrained(source)
         except (OSError, ValueError, TypeError) as exc:  # offline HF raises any of these
-            raise WeightsError(
-                f"cannot load the CLIP tokenizer {source!r} offline; install open_clip_torch "
-                "(pip install --no-deps open_clip_torch: it ships the BPE file) or pass a folder "
-                "with vocab.json and merges.txt"
-            ) from exc
+            raise error from exc
+        if len(tok) < len(byte_symbols()):  # transformers 5.x returns an empty tokenizer instead
+            raise error
     tok.add_special_tokens({"cls_token": tok.eos_token})
     return tok
 
