@@ -1,6 +1,13 @@
-"""The one error type users see: a single line naming the file (if any), the problem and the fix."""
+"""The one error type users see: a single line naming the file (if any), the problem and the fix,
+and the exit codes every command uses."""
 
 from __future__ import annotations
+
+# Exit codes (documented in the README): distinct so scripts can tell them apart.
+EXIT_OK = 0  # everything done
+EXIT_SOME_FAILED = 1  # the run finished, but some inputs failed (each named on one line)
+EXIT_USAGE = 2  # bad command line or configuration: nothing was run
+EXIT_INTERNAL = 3  # a bug or an unexpected failure (traceback with -v)
 
 
 class SelfSegError(Exception):

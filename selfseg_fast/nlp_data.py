@@ -13,13 +13,13 @@ Nothing found gives one `NLPDataError` line naming the command that fixes it.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import shutil
 from functools import cache
 from pathlib import Path
 
 from selfseg_fast.errors import NLPDataError
+from selfseg_fast.paths import cache_path
 
 DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
 LEXNAMES_MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
@@ -90,9 +90,8 @@ _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
 def default_nltk_data_dir() -> Path:
-    """Where we build NLTK data: $SELFSEG_NLTK_DATA, else ~/.cache/selfseg-fast/nltk_data."""
-    env = os.environ.get("SELFSEG_NLTK_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "selfseg-fast" / "nltk_data"
+    """Where we build NLTK data: $SELFSEG_NLTK_DATA, else nltk_data under the cache root (paths.py)."""
+    return cache_path("nltk_data")
 
 
 # ---- lexnames ----------------------------------------------------------------------------------------

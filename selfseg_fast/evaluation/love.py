@@ -18,7 +18,6 @@ score can be audited and re-computed without the LLM, and it is written into the
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from selfseg_fast.atomic_files import write_json_atomic
+from selfseg_fast.paths import cache_path
 
 BACKGROUND = "background"
 
@@ -160,9 +160,8 @@ class WordNetNounMapper:
 
 # ---- cache ---------------------------------------------------------------------------------------------
 def default_cache_path() -> Path:
-    """$SELFSEG_LOVE_CACHE, else ~/.cache/selfseg-fast/love_cache.json."""
-    env = os.environ.get("SELFSEG_LOVE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "selfseg-fast" / "love_cache.json"
+    """$SELFSEG_LOVE_CACHE, else love_cache.json under the cache root (paths.py)."""
+    return cache_path("love_cache")
 
 
 class LoveCache:

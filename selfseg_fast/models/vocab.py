@@ -12,6 +12,8 @@ import os
 from functools import cache
 from pathlib import Path
 
+from selfseg_fast.paths import cache_path
+
 VOCAB_SIZE = 30524
 SPECIAL = {
     0: "[PAD]",
@@ -26,8 +28,7 @@ FIRST_WORD_ID, LAST_WORD_ID = 104, 30521
 
 
 def vocab_dir() -> Path:
-    root = os.environ.get("SELFSEG_CACHE", str(Path.home() / ".cache" / "selfseg-fast"))
-    return Path(root) / "blip-synthetic-vocab"
+    return cache_path("blip_vocab")
 
 
 def synthetic_vocab() -> list[str]:

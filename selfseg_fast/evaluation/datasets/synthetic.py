@@ -8,13 +8,13 @@ label-id PNG is drawn from the same shapes, so it matches the image pixel for pi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from selfseg_fast.evaluation.datasets.cityscapes import CityscapesDataset
+from selfseg_fast.paths import cache_path
 
 CITY = "synth"
 # label id -> RGB colour of its region in the image
@@ -31,9 +31,8 @@ COLOURS = {
 
 
 def default_synthetic_root() -> Path:
-    """$SELFSEG_SYNTHETIC_ROOT, else ~/.cache/selfseg-fast/synthetic-cityscapes."""
-    env = os.environ.get("SELFSEG_SYNTHETIC_ROOT")
-    return Path(env) if env else Path.home() / ".cache" / "selfseg-fast" / "synthetic-cityscapes"
+    """$SELFSEG_SYNTHETIC_ROOT, else synthetic-cityscapes under the cache root (paths.py)."""
+    return cache_path("synthetic_dataset")
 
 
 def draw_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
