@@ -29,3 +29,8 @@ class WeightsError(SelfSegError):
 
 class NLPDataError(SelfSegError):
     """Missing spaCy model or WordNet data."""
+
+
+class ResourceError(SelfSegError):
+    """A request that would exceed a configured budget (pixels, names per image, memory): refused up front
+    with the limit and how to raise it, instead of running out of memory. Services answer it with 413."""
