@@ -106,7 +106,6 @@ AUTOSEG_BLOCK_LIST = (
     "beige", "coral", "ivory", "lavender", "mint", "mustard", "peach", "sapphire", "scarlet", "violet",
     "indigo", "charcoal",
 )  # fmt: skip
-MASKBLIP_BLOCK_LIST = AUTOSEG_BLOCK_LIST  # old name (the list was always AutoSeg's)
 
 
 @dataclass

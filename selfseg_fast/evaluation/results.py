@@ -55,6 +55,7 @@ class ResultsStore:
     def claim(self, about: dict) -> str:
         """Tie this folder to one configuration: write its key, or check it against the stored one.
         Results of another configuration (or of a version without keys) are never mixed in."""
+        about = json.loads(json.dumps(about, default=str))  # tuples -> lists, as stored
         key = run_key(about)
         path = self.out_dir / "run.json"
         if path.is_file():

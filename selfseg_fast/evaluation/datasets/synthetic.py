@@ -160,6 +160,19 @@ def validate_synthetic(root: Path) -> str | None:
     return None
 
 
+def _previous_settings(root: Path, num_images: int) -> dict:
+    """The settings of the set a manifest describes (so a damaged set is rewritten as it was)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        return {
+            "num_images": int(manifest["num_images"]),
+            "size": tuple(manifest["size"]),
+            "seed": int(manifest["seed"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"num_images": num_images}
+
+
 def _is_ours(root: Path) -> bool:
     return root.is_dir() and {p.name for p in root.iterdir()} <= _OUR_ENTRIES
 
@@ -177,7 +190,7 @@ class SyntheticDataset(CityscapesDataset):
     def __init__(self, root: str | Path | None = None, num_images: int = 4) -> None:
         root = Path(root) if root is not None else default_synthetic_root()
         if validate_synthetic(root) is not None:
-            write_synthetic_cityscapes(root, num_images=num_images)
+            write_synthetic_cityscapes(root, **_previous_settings(root, num_images))
             reason = validate_synthetic(root)
             if reason is not None:
                 raise DatasetError(f"synthetic dataset could not be written ({reason})", path=str(root))
