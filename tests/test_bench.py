@@ -372,6 +372,10 @@ def test_cli_refuses_another_configuration_in_the_same_folder(cli, capsys):
         and "and" not in error.split("(")[1][:30]
     )
     assert main(argv + ["--seed", "0"]) == 0  # the original configuration still resumes
+    # Ids never become paths outside --out.
+    for bad in ("../evil", "/abs/evil", "a/b"):
+        with pytest.raises(SelfSegError, match="not a plain file name"):
+            ResultsStore(out).write(bad, {}, None)
     # A folder from a version without run keys is refused too.
     (out / "run.json").unlink()
     with pytest.raises(SelfSegError, match="without a run key"):

@@ -100,7 +100,7 @@ class QuietServer(ThreadingHTTPServer):
 def start_server(behaviour: str = "ok"):
     server = QuietServer(("127.0.0.1", 0), Handler)
     server.behaviour, server.calls, server.redirect_to = behaviour, [], ""
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 

@@ -148,6 +148,11 @@ def test_ade_prompt_is_app_a_word_for_word_and_lists_no_classes():
         ("'fruit'", "background"),  # not in the vocabulary
         ("The term 'lorry' is most similar to 'truck'.", "truck"),
         ("Based on the given list, 'pedestrian' would be mapped to 'person'.", "person"),
+        (
+            "  Of the classes ['road', 'sidewalk', 'building', 'car'], the term sedan is most similar to "
+            "'car'.",
+            "car",
+        ),  # the echoed class list names nothing
     ],
 )
 def test_chat_style_answers(answer, expected):
@@ -254,6 +259,23 @@ def test_cache_is_reused_only_when_nothing_that_changes_an_answer_changed(tmp_pa
         love = rerun(llm, vocab, template)
         assert love.mapping == {"sedan": "truck"} and len(llm.prompts) == 1
     assert len(json.loads(path.read_text())["entries"]) == 4
+
+
+def test_answers_are_cached_batch_by_batch_so_an_outage_keeps_them(tmp_path):
+    class DyingLLM(ScriptedLLM):
+        def complete(self, prompts):
+            if len(self.prompts) == 1:
+                raise RuntimeError("server went away")
+            return super().complete(prompts)
+
+    path = tmp_path / "cache.json"
+    llm = DyingLLM({"sedan": "'car'", "lorry": "'truck'", "cab": "'car'"})
+    with pytest.raises(RuntimeError):
+        LOVE(LLMMapper(llm, batch_size=2), cs_vocab(), LoveCache(path)).map(["sedan", "lorry", "cab"])
+    again = ScriptedLLM({"cab": "'car'"})
+    love = LOVE(LLMMapper(again, batch_size=2), cs_vocab(), LoveCache(path))
+    assert love.map(["sedan", "lorry", "cab"]) == {"sedan": "car", "lorry": "truck", "cab": "car"}
+    assert again.prompts == [[build_prompt("cab", cs_vocab())]]  # only the unanswered noun is asked again
 
 
 def test_old_or_corrupt_cache_is_started_afresh(tmp_path):

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append((run_cfg.caption.cycles, summary))
     print(format_table(rows, args.dataset, args.mode))
     if args.cycles_sweep:
-        print(format_table3(rows, args.dataset))
+        print(format_table3(rows, args.dataset, dataset.num_classes - (dataset.background_id is not None)))
     return _exit_code(rows, args.allow_missing)
 
 
@@ -354,7 +354,7 @@ def _notes(rows, dataset: str, mode: str) -> list[str]:
     return notes
 
 
-def format_table3(rows, dataset: str) -> str:
+def format_table3(rows, dataset: str, num_classes: int) -> str:
     """Table 3's row shape: dataset statistics, then mIoU per number of captioning cycles."""
     from selfseg_fast.evaluation.paper import TABLE3_MIOU, TABLE3_STATS
 
@@ -369,8 +369,7 @@ def format_table3(rows, dataset: str) -> str:
         )
     s0 = rows[0][1]
     ours = [_pct(s.miou) for _, s in rows]
-    n_classes = len(s0.iou_per_class) - (1 if dataset == "voc" else 0)
-    row = ["ours", dataset, "-", _fmt(s0.classes_per_image, 1), str(n_classes), *ours]
+    row = ["ours", dataset, "-", _fmt(s0.classes_per_image, 1), str(num_classes), *ours]
     lines.append("  ".join(f"{x:>10}" for x in row))
     lines.append(
         "(I-bar, mean instances per image, needs instance labels: not computed from semantic labels)"

@@ -20,8 +20,9 @@ paper: off by default (`synonym_shortcut=False`), an option for cheap offline ru
 Parsing (`parse_answer`): like the authors' parser (split the answer at quote marks, intersect the
 pieces with the vocabulary), so apostrophes in chat-style answers do no harm ("I'm happy to help! The
 term 'sedan' is most similar to 'car'." -> car). Of several class names in one answer the first wins,
-except one named after a negation ("not 'bus'"); the queried noun itself is skipped; an answer that is
-exactly a class name without quotes ("Car.") is that class.
+except one named after a negation ("not 'bus'") or inside the class list echoed back ("[..., ...]");
+the queried noun itself is skipped; an answer that is exactly a class name without quotes ("Car.") is
+that class.
 
 The mapping is cached on disk under a key made of everything that changes an answer: the back-end and
 its model, the prompt templates, the decoding settings, and the vocabulary (class names, the dataset's
@@ -168,6 +169,7 @@ def build_prompt(noun: str, vocabulary: Vocabulary, template: str = "paper") -> 
 
 
 _QUOTES = "'\"\u2018\u2019\u201c\u201d`"
+_ECHOED_LIST = re.compile(r"\[[^\[\]]*,[^\[\]]*\]")  # "[..., ...]": the prompt's class list echoed
 _NEGATION = re.compile(
     r"(?:\bnot|n['\u2019]t|\bnor|\bno|rather than|instead of|other than)\s*$", re.IGNORECASE
 )
@@ -175,6 +177,7 @@ _NEGATION = re.compile(
 
 def parse_answer(text: str, vocabulary: Vocabulary, noun: str | None = None) -> str:
     """The class an LLM answer names (see the module docstring), else `background`."""
+    text = _ECHOED_LIST.sub(" ", text)  # a class list the model repeats from the prompt names nothing
     quotes = [m.start() for m in re.finditer(f"[{_QUOTES}]", text)]
     for opening, closing in zip(quotes, quotes[1:]):  # every piece between two quote marks
         candidate = text[opening + 1 : closing].strip(" \t\n.,;:!?*()[]")
@@ -357,15 +360,19 @@ class LOVE:
                     self.answers[noun] = answer
             else:
                 todo.append(noun)
-        if todo:
-            found = self.mapper.map_nouns(todo, self.vocabulary)
-            found = {noun: found.get(noun, BACKGROUND) for noun in todo}
-            answers = {n: a for n, a in getattr(self.mapper, "last_answers", {}).items() if n in found}
-            self.mapping.update(found)
-            self.answers.update(answers)
-            if self.cache is not None:
-                self.cache.update(self.key, self.about, found, answers)
+        step = max(1, int(getattr(self.mapper, "batch_size", 0) or len(todo) or 1))
+        for start in range(0, len(todo), step):  # cached batch by batch: an outage keeps what was answered
+            self._ask(todo[start : start + step])
         return {noun: self.mapping[noun] for noun in nouns}
+
+    def _ask(self, todo: list[str]) -> None:
+        found = self.mapper.map_nouns(todo, self.vocabulary)
+        found = {noun: found.get(noun, BACKGROUND) for noun in todo}
+        answers = {n: a for n, a in getattr(self.mapper, "last_answers", {}).items() if n in found}
+        self.mapping.update(found)
+        self.answers.update(answers)
+        if self.cache is not None:
+            self.cache.update(self.key, self.about, found, answers)
 
     def class_ids(self, nouns: Sequence[str]) -> np.ndarray:
         """[len(nouns)] int64 train id per noun (background: the dataset's background class or -1)."""

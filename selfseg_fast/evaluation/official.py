@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from selfseg_fast.errors import SelfSegError
+from selfseg_fast.evaluation.datasets.base import is_safe_id
 from selfseg_fast.evaluation.datasets.cityscapes import label_ids_image
 from selfseg_fast.evaluation.datasets.voc import voc_palette_image
 
@@ -29,6 +31,8 @@ VOC_RESULTS = Path("voc") / "results" / "VOC2012" / "Segmentation" / "comp6_val_
 
 def official_path(out_dir: Path, dataset: str, sample_id: str) -> Path | None:
     """Where the official-format prediction of `sample_id` goes, None for datasets without one."""
+    if not is_safe_id(sample_id):
+        raise SelfSegError(f"sample id {sample_id[:80]!r} is not a plain file name; refusing to write it")
     official = Path(out_dir) / "official"
     if dataset in ("cityscapes", "synthetic"):
         return official / "cityscapes" / f"{sample_id}_pred_labelIds.png"

@@ -102,6 +102,10 @@ class ResultsStore:
             os.replace(tmp, target)
         write_json_atomic(self._path(sample_id, ".json"), record)
 
+    def read_record(self, sample_id: str) -> dict:
+        """The JSON record of a finished image (without decoding its label map)."""
+        return json.loads(self._path(sample_id, ".json").read_text())
+
     def read(self, sample_id: str) -> tuple[dict, np.ndarray | None]:
         """(record, names map [H, W] int64 with -1 for no name, or None) of a finished image."""
         record = json.loads(self._path(sample_id, ".json").read_text())

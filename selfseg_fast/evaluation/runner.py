@@ -260,10 +260,10 @@ def _score(dataset, store, good, mode, love, official, summary) -> None:
         ClusterScore(dataset.ignore_index, skip_classes=background),
         ClusterScore(dataset.ignore_index, skip_classes=background),
     )
-    records = {dataset.entries[i].id: store.read(dataset.entries[i].id)[0] for i in good}
+    records = [store.read_record(dataset.entries[i].id) for i in good]
     if love is not None and mode in ("full", "single-caption"):
         start = time.perf_counter()
-        love.map([name for record in records.values() for name in record["names"]])  # all, in LLM batches
+        love.map([name for record in records for name in record["names"]])  # all names, in LLM batches
         summary.love_seconds = time.perf_counter() - start
     for index in good:
         try:
