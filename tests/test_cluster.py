@@ -26,7 +26,7 @@ def _features(b: int, g: int, gen: torch.Generator, d: int = 48) -> PatchFeature
 
 def test_batched_grid_equals_reference_grid():
     gen = torch.Generator().manual_seed(0)
-    for cfg in (SelfSegConfig(), SelfSegConfig().maskblip()):
+    for cfg in (SelfSegConfig(), SelfSegConfig().authors_code("autoseg")):
         feats = {384: _features(3, 24, gen), 512: _features(3, 32, gen)}
         seeds = [101, 202, 303]
         fast = cluster_grid_batched(feats, cfg, seeds)

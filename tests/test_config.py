@@ -1,4 +1,4 @@
-"""SelfSegConfig: paper defaults, presets, the maskblip switch, overrides, config files, CLI flags."""
+"""SelfSegConfig: paper defaults, presets, the authors-code switch, overrides, config files, CLI flags."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from selfseg_fast.commands.options import add_config_options, config_from_args
-from selfseg_fast.config import BLIP_BASE_HUB_ID, BLIP_HUB_ID, MASKBLIP_BLOCK_LIST, SelfSegConfig
+from selfseg_fast.config import AUTOSEG_BLOCK_LIST, BLIP_BASE_HUB_ID, BLIP_HUB_ID, SelfSegConfig
 from selfseg_fast.errors import SelfSegError
 
 
@@ -34,16 +34,15 @@ def test_unknown_preset_is_a_one_line_error() -> None:
         SelfSegConfig.from_preset("coco")
 
 
-def test_maskblip_switches_every_documented_difference_and_leaves_the_original() -> None:
+def test_authors_code_switch_leaves_the_original() -> None:
     paper = SelfSegConfig.from_preset("ade20k")
-    code = paper.maskblip()
-    assert code.cluster.k_values == tuple(range(2, 9))
-    assert code.cluster.align_cost == "disagreement"
-    assert code.caption.repetition_penalty == 1.1
-    assert code.nouns.min_length == 3 and code.nouns.block_list == MASKBLIP_BLOCK_LIST
-    assert code.nouns.drop_colour_words and code.blip_model == BLIP_BASE_HUB_ID
-    assert code.caption.cycles == 10  # the preset survives
-    assert paper.cluster.k_values == (2, 8)  # a deep copy: the paper config is untouched
+    code = paper.authors_code("autoseg")
+    assert code.cluster.k_values == tuple(range(2, 9)) and code.cluster.align_cost == "disagreement"
+    assert code.caption.repetition_penalty == 1.1 and code.blip_model == BLIP_BASE_HUB_ID
+    assert code.nouns.min_length == 3 and code.nouns.block_list == AUTOSEG_BLOCK_LIST
+    assert paper.cluster.k_values == (2, 8) and paper.blip_model == BLIP_HUB_ID  # a deep copy
+    with pytest.raises(SelfSegError, match="unknown --authors-code"):
+        paper.authors_code("lavis")
 
 
 def test_overrides_and_round_trip() -> None:

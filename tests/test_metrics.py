@@ -1,5 +1,6 @@
 """Metrics: confusion-matrix parity (numpy vs torch), IoU against an independent per-class count,
-mIoU against cityscapesscripts' own evaluator, cmIoU matching against brute force."""
+mIoU against cityscapesscripts' own evaluator (also reading our official-format files itself), VOC's
+20- and 21-class mIoU, cmIoU pooled (paper) and per image (authors) by hand, matching by brute force."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from selfseg_fast.evaluation.metrics import (
     iou_per_class,
     match_clusters_to_classes,
     mean_iou,
+    mean_iou_objects,
     upsample_grid,
 )
 
@@ -176,8 +178,9 @@ def test_best_segment_iou_fast_matches_reference(seed):
         assert fast[c] == pytest.approx(ref[c], abs=1e-12)
 
 
-def test_cmiou_by_hand():
-    """Two images; the background class (0) and void are not scored; a cluster may serve two segments."""
+def test_cmiou_pooled_and_per_image_by_hand():
+    """Two images; the background class (0) and void are not scored; a segment may serve two GT segments.
+    Pooled (paper): mean over all 3 GT segments; per image (authors): mean of the two image means."""
     gt1 = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, IGNORE, IGNORE]])
     cl1 = np.array([[5, 5, 5, 5], [5, 5, 5, 5], [5, 5, 7, 7]])  # one cluster over classes 1 and 2
     gt2 = np.array([[3, 3, 3, 0]])
@@ -185,6 +188,71 @@ def test_cmiou_by_hand():
     score = ClusterScore(IGNORE, skip_classes=(0,))
     score.update(gt1, cl1)
     score.update(gt2, cl2)
-    # image 1: class 1 IoU 4/10 (cluster 5 covers 10 valid pixels), class 2 IoU 4/10 -> 0.4
-    # image 2: class 3 best IoU 2/3 (cluster 1) -> 0.6667; cmIoU = mean(0.4, 0.6667)
-    assert score.value() == pytest.approx((0.4 + 2 / 3) / 2, abs=1e-12)
+    # image 1: class 1 IoU 4/10 (cluster 5 covers 10 valid pixels), class 2 IoU 4/10
+    # image 2: class 3 best IoU 2/3 (cluster 1)
+    assert score.num_segments == 3
+    assert score.pooled() == pytest.approx((0.4 + 0.4 + 2 / 3) / 3, abs=1e-12)
+    assert score.per_image() == pytest.approx((0.4 + 2 / 3) / 2, abs=1e-12)
+    assert score.value() == score.pooled()
+    empty = ClusterScore(IGNORE, skip_classes=(0,))
+    empty.update(np.zeros((2, 2), int), np.zeros((2, 2), int))  # background only: nothing to score
+    assert empty.num_segments == 0 and np.isnan(empty.pooled()) and np.isnan(empty.per_image())
+
+
+def test_voc_20_and_21_class_miou_by_hand():
+    """21 classes: background is a class. 20 classes (PAS-20): background pixels are not scored and a
+    background prediction on an object pixel is a miss."""
+    gt = np.array([[0, 0, 1, 1, 2, 2]])
+    pred = np.array([[1, 0, 1, 0, 2, -1]])
+    conf = confusion_matrix_reference(gt, pred, 3, IGNORE)
+    # 21-style: bg IoU 1/3 (tp 1, fn 1 [pred 1], fp 1), class 1: tp 1, fp 1, fn 1 -> 1/3, class 2: 1/2
+    assert mean_iou(conf) == pytest.approx((1 / 3 + 1 / 3 + 1 / 2) / 3)
+    # 20-style: class 1: tp 1, fn 1 (predicted bg), fp 0 (the bg pixel is not scored) -> 1/2; class 2: 1/2
+    assert mean_iou_objects(conf, background=0) == pytest.approx(0.5)
+
+
+def test_official_cityscapes_files_are_read_back_by_cityscapesscripts(tmp_path):
+    """Our official-format writer's files, found by cityscapesscripts' own prediction look-up and scored
+    by its evaluator, give our mIoU."""
+    cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    from selfseg_fast.evaluation.official import write_official
+
+    root = write_synthetic_cityscapes(tmp_path / "cs", num_images=3, size=(40, 72), seed=5)
+    dataset = CityscapesDataset(root)
+    rng = np.random.default_rng(6)
+    ours = ConfusionMatrix(19, IGNORE)
+    gt_files = []
+    for index, entry in enumerate(dataset.entries):
+        sample = dataset.load(index)
+        pred = np.where(
+            rng.random(sample.label.shape) < 0.3, rng.integers(-1, 19, sample.label.shape), sample.label
+        )
+        pred[pred == IGNORE] = 2
+        ours.update(sample.label, pred)
+        write_official(tmp_path / "out", "cityscapes", sample.id, pred)
+        gt_files.append(str(entry.label_path))
+    args = cs_eval.args
+    args.evalInstLevelScore, args.quiet, args.JSONOutput = False, True, False
+    args.predictionPath, args.predictionWalk = str(tmp_path / "out" / "official" / "cityscapes"), None
+    pred_files = [cs_eval.getPrediction(args, gt) for gt in gt_files]
+    assert all("_pred_labelIds.png" in f for f in pred_files)
+    result = cs_eval.evaluateImgLists(pred_files, gt_files, args)
+    assert ours.miou() == pytest.approx(result["averageScoreClasses"], abs=1e-9)
+
+
+def test_official_voc_files_are_devkit_palette_pngs(tmp_path):
+    from selfseg_fast.evaluation.datasets.voc import voc_palette
+    from selfseg_fast.evaluation.official import write_official
+
+    pred = np.array([[0, 1, 15], [20, -1, 7]])
+    path = write_official(tmp_path, "voc", "2007_000033", pred)
+    assert path.parts[-5:] == ("results", "VOC2012", "Segmentation", "comp6_val_cls", "2007_000033.png")
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        np.testing.assert_array_equal(np.asarray(image), [[0, 1, 15], [20, 0, 7]])  # no class -> background
+        palette = image.getpalette()
+    # the devkit colours (also the authors' VOC_mapping.json): aeroplane, person, tv monitor
+    assert (
+        palette[3:6] == [128, 0, 0] and palette[45:48] == [192, 128, 128] and palette[60:63] == [0, 64, 128]
+    )
+    assert voc_palette()[:6] == [0, 0, 0, 128, 0, 0]

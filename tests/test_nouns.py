@@ -30,12 +30,20 @@ def test_known_captions():
     assert union == ["man", "horse", "beach", "dog", "car", "building", "tree"]
 
 
-def test_maskblip_filters():
-    nouns = NounExtractor(SelfSegConfig().maskblip().nouns)
+def test_autoseg_filters():
+    nouns = NounExtractor(SelfSegConfig().authors_code("autoseg").nouns)
     found = nouns.nouns_for_reference(CAPTIONS)
     for dropped in ("background", "photo", "red"):
         assert dropped not in found
     assert all(len(n) > 2 for n in found)
+
+
+def test_maskblip_keeps_nouns_wordnet_does_not_know():
+    paper = NounExtractor(SelfSegConfig().nouns)
+    released = NounExtractor(SelfSegConfig().authors_code("maskblip").nouns)
+    caption = ["a picture of a blorptang next to a dog"]
+    assert "blorptang" not in paper.nouns_for_reference(caption)
+    assert {"picture", "blorptang", "dog"} <= set(released.nouns_for_reference(caption))
 
 
 def test_fast_equals_reference_on_many_captions():

@@ -1,16 +1,22 @@
-"""`selfseg-fast bench --dataset {voc,ade20k,cityscapes,synthetic}`: speed and quality side by side.
+"""`selfseg-fast bench --dataset {voc,ade20k,cityscapes,synthetic}`: speed and quality side by side, and
+beside the paper's figure for the same dataset, mode and number of captioning cycles (Tables 1-3).
 
-Runs the self-guided pipeline on a benchmark's val split, maps the predicted nouns to the dataset's
-classes with LOVE, and prints images/s, mIoU, cmIoU, nouns per image and ms per stage. Per-image
-predictions (label PNG + JSON) and results.json go to --out; running the same command again resumes
-where it stopped. `--dataset synthetic` writes a small Cityscapes-layout dataset and runs offline.
+Runs the pipeline on a benchmark's val split, maps the predicted nouns to the dataset's classes with
+LOVE, and prints images/s, mIoU, cmIoU, nouns per image and ms per stage. Per-image results and
+results.json go to --out, official-format predictions to --out/official; running the same command
+again resumes where it stopped (another configuration into the same --out is refused). A broken
+image/label pair is named and counted; the exit code is 1 unless --allow-missing.
+
+Modes: full (Self-Seg), bcc-only (BCC cluster masks, cmIoU), single-caption (X-Decoder with the nouns
+of one plain caption), names-given (X-Decoder with the dataset's class names). Only --llm hf or
+--llm-url is the paper's LOVE; the default --llm wordnet is an offline stand-in.
 
 Examples:
-  selfseg-fast bench --dataset cityscapes --root ~/data/cityscapes --engine fast
+  selfseg-fast bench --dataset cityscapes --root ~/data/cityscapes --llm-url http://localhost:8000
   selfseg-fast bench --dataset synthetic --weights random-tiny --mode bcc-only
   selfseg-fast bench --dataset ade20k --root ~/data --llm hf:meta-llama/Llama-2-7b-chat-hf
-  selfseg-fast bench --dataset voc --root ~/data/VOCdevkit --llm-url http://localhost:8000 \
-      --cycles-sweep 1,5,10
+  selfseg-fast bench --dataset voc --root ~/data/VOCdevkit --llm hf --cycles-sweep 1,5,10,15,20,25
+  selfseg-fast bench --dataset cityscapes --root ~/data/cityscapes --mode names-given
 """
 
 from __future__ import annotations
@@ -26,16 +32,21 @@ from selfseg_fast.commands.options import (
     add_segmenter_options,
     config_from_args,
 )
-from selfseg_fast.errors import SelfSegError
+from selfseg_fast.errors import EXIT_OK, EXIT_SOME_FAILED, SelfSegError
 from selfseg_fast.profiling import maybe_profile, write_stage_table
 
 DATASET_PRESETS = {"voc": "voc", "ade20k": "ade20k", "cityscapes": "cityscapes", "synthetic": "cityscapes"}
+MODE_HELP = (
+    "full: Self-Seg (Tables 1-3); bcc-only: the BCC cluster masks alone, cmIoU (Table 1 BCC); "
+    "single-caption: X-Decoder with the nouns of one plain whole-image caption (Table 1 X-Decoder + BLIP); "
+    "names-given: X-Decoder with the dataset's class names (Table 2 X-Decoder)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark speed and mIoU on VOC, ADE20K-Full, Cityscapes or a synthetic set",
+        help="benchmark speed, mIoU and cmIoU on VOC, ADE20K-Full, Cityscapes or a synthetic set",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,28 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", metavar="DIR", help="dataset folder (synthetic: where to write it)")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N images")
     parser.add_argument("--out", metavar="DIR", help="results folder (default: bench-<dataset>-<mode>)")
+    parser.add_argument("--mode", choices=["full", "bcc-only", "single-caption", "names-given"],
+                        default="full", help=MODE_HELP)  # fmt: skip
     parser.add_argument(
-        "--mode",
-        choices=["full", "bcc-only", "single-caption"],
-        default="full",
-        help="full: Self-Seg; bcc-only: cluster masks alone (cmIoU); single-caption: segmenter with the "
-        "nouns of one plain caption (paper ablations)",
+        "--allow-missing",
+        action="store_true",
+        help="exit 0 even if some image/label pairs are broken (they are always named and counted)",
     )
-    parser.add_argument(
-        "--llm",
-        metavar="BACKEND",
-        default=None,
-        help="LOVE back-end: wordnet (offline, default), hf (Llama-2-7b-chat), hf:ID_OR_FOLDER, or url",
-    )
-    parser.add_argument("--llm-url", metavar="URL", help="OpenAI-compatible chat server for LOVE")
-    parser.add_argument("--llm-model", metavar="NAME", help="model name sent to --llm-url (default: default)")
-    parser.add_argument(
-        "--love-cache", metavar="FILE", help="LOVE mapping cache (default ~/.cache/selfseg-fast)"
-    )
+    _add_love_options(parser)
     parser.add_argument(
         "--cycles-sweep",
         metavar="N,N,...",
-        help="repeat the run for each number of captioning cycles, e.g. 1,5,10 (paper ablation)",
+        help="repeat the run for each number of captioning cycles and print Table 3's row, "
+        "e.g. 1,5,10,15,20,25",
     )
     parser.add_argument(
         "--batch-size", type=int, metavar="N", help="images per pipeline call (default: config)"
@@ -83,6 +85,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_love_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LOVE (noun -> class mapping)")
+    group.add_argument(
+        "--llm",
+        metavar="BACKEND",
+        default=None,
+        help="wordnet (offline stand-in, default), hf (Llama-2-7b-chat, the paper's LOVE), hf:ID_OR_FOLDER, "
+        "or url (with --llm-url)",
+    )
+    group.add_argument("--llm-url", metavar="URL", help="OpenAI-compatible chat server (the paper's LOVE)")
+    group.add_argument("--llm-model", metavar="NAME", help="model name sent to --llm-url (default: default)")
+    group.add_argument("--llm-batch-size", type=int, default=16, metavar="N", help="prompts per LLM batch")
+    group.add_argument(
+        "--llm-max-new-tokens", type=int, default=512, metavar="N", help="answer length cap (default 512)"
+    )
+    group.add_argument(
+        "--love-template",
+        choices=["paper", "ours"],
+        default="paper",
+        help="prompt wording: paper (App. A word for word, default) or ours",
+    )
+    group.add_argument(
+        "--love-synonyms",
+        action="store_true",
+        help="map nouns equal to our added synonyms (VOC tv, Cityscapes tree, ...) without asking the LLM "
+        "(not in the paper; off by default)",
+    )
+    group.add_argument(
+        "--love-cache", metavar="FILE", help="LOVE mapping cache (default: under the cache root)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.preset is None and args.config is None:
         args.preset = DATASET_PRESETS[args.dataset]
@@ -91,14 +125,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{args.dataset}-{args.mode}")
 
     from selfseg_fast.evaluation.datasets import open_dataset
-    from selfseg_fast.evaluation.llm import build_mapper
-    from selfseg_fast.evaluation.love import LOVE, LoveCache, Vocabulary
 
     dataset = open_dataset(args.dataset, args.root)
-    love = None
-    if args.mode != "bcc-only":
-        mapper = build_mapper(args.llm, args.llm_url, model=args.llm_model)
-        love = LOVE(mapper, Vocabulary.from_dataset(dataset), LoveCache(args.love_cache))
+    love = _build_love(args, dataset) if args.mode in ("full", "single-caption") else None
+    print(header(args.dataset, args.mode, love), file=sys.stderr)
     rows = []
     for n in cycles:
         run_cfg = cfg if n is None else cfg.with_overrides({"caption.cycles": n})
@@ -113,22 +143,58 @@ def run(args: argparse.Namespace) -> int:
                 str(Path(args.profile) / run_out.name), [per_image] * summary.images_scored
             )
             print(table, file=sys.stderr)
-        rows.append((n, summary))
-    print(format_table(rows, args.dataset, args.mode, love.backend if love else "-"))
-    return 0
+        rows.append((run_cfg.caption.cycles, summary))
+    print(format_table(rows, args.dataset, args.mode))
+    if args.cycles_sweep:
+        print(format_table3(rows, args.dataset, dataset.num_classes - (dataset.background_id is not None)))
+    return _exit_code(rows, args.allow_missing)
+
+
+def _build_love(args: argparse.Namespace, dataset):
+    from selfseg_fast.evaluation.llm import build_mapper
+    from selfseg_fast.evaluation.love import LOVE, LoveCache, Vocabulary
+
+    mapper = build_mapper(
+        args.llm,
+        args.llm_url,
+        batch_size=args.llm_batch_size,
+        model=args.llm_model,
+        template=args.love_template,
+        max_new_tokens=args.llm_max_new_tokens,
+    )
+    vocabulary = Vocabulary.from_dataset(dataset)
+    return LOVE(mapper, vocabulary, LoveCache(args.love_cache), synonym_shortcut=args.love_synonyms)
+
+
+def header(dataset: str, mode: str, love) -> str:
+    """Which back-end mapped the nouns, and whether that is the paper's LOVE."""
+    lines = [f"bench {dataset}: mode {mode}"]
+    if love is None:
+        lines.append("LOVE: not used (no free nouns to map in this mode)")
+    elif love.is_llm:
+        lines.append(f"LOVE: {love.backend} (an LLM, as the paper's LOVE; the paper used Llama 2 7B)")
+    else:
+        lines.append(
+            f"LOVE: {love.backend}, an offline stand-in, NOT the paper's LOVE: only --llm hf or --llm-url "
+            f"(an LLM) is; scores differ from an LLM mapping"
+        )
+    if love is not None:
+        prompt = f"prompt {love.mapper.describe()['template']}; " if love.is_llm else ""
+        lines.append(f"LOVE: {prompt}synonym shortcut {'on' if love.synonym_shortcut else 'off'}")
+    return "\n".join(lines)
 
 
 def bench_once(dataset, cfg, out: Path, args: argparse.Namespace, love, pipeline=None):
     """One scored run into `out` (resumes); writes results.json and returns the summary."""
-    import torch
-
     from selfseg_fast.evaluation.results import ResultsStore
     from selfseg_fast.evaluation.runner import run_bench
+    from selfseg_fast.provenance import provenance
 
+    store = ResultsStore(out)
+    key = store.claim(run_about(cfg, args.mode, dataset))
     if pipeline is None:
         pipeline = LazyPipeline(cfg)
-    store = ResultsStore(out)
-    if getattr(args, "ray", None):
+    if getattr(args, "ray", None) and args.mode != "names-given":
         pipeline = _precompute_on_ray(dataset, store, cfg, args, pipeline)
     summary = run_bench(
         dataset,
@@ -138,22 +204,55 @@ def bench_once(dataset, cfg, out: Path, args: argparse.Namespace, love, pipeline
         love=love,
         limit=args.limit,
         batch_size=args.batch_size or (cfg.batch_size if cfg.engine == "fast" else 1),
-        progress=not args.quiet,
+        progress_bar=not args.quiet,
+        segmenter_cfg=cfg.segmenter,
     )
     store.write_summary(
         {
+            "provenance": provenance(cfg.device),
+            "run_key": key,
             "summary": summary.to_json(),
+            "paper": paper_figures(dataset.name, args.mode, cfg.caption.cycles),
             "config": cfg.to_dict(),
-            "love": {"backend": love.backend, "mapping": dict(sorted(love.mapping.items()))}
-            if love
-            else None,
-            "environment": {
-                "torch": torch.__version__,
-                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            },
+            "love": love_record(love),
         }
     )
     return summary
+
+
+def run_about(cfg, mode: str, dataset) -> dict:
+    """Everything that changes the per-image results (the run key). The batch size does not: every
+    random choice derives from the run seed and the image's pixels. LOVE does not either: it is applied
+    when scoring, from the files on disk."""
+    config = cfg.to_dict()
+    config.pop("batch_size", None)
+    return {"config": config, "mode": mode, "dataset": dataset.name, "classes": list(dataset.class_names)}
+
+
+def love_record(love) -> dict | None:
+    """The complete mapping of every name of every scored image, with the raw LLM answers."""
+    if love is None:
+        return None
+    return {
+        "backend": love.backend,
+        "paper_love": love.is_llm,
+        "about": love.about,
+        "cache_key": love.key,
+        "synonym_shortcut": love.synonym_shortcut,
+        "mapping": dict(sorted(love.mapping.items())),
+        "answers": dict(sorted(love.answers.items())),
+    }
+
+
+def paper_figures(dataset: str, mode: str, cycles: int) -> dict:
+    from selfseg_fast.evaluation.paper import paper_cmiou, paper_miou
+
+    miou, cmiou = paper_miou(dataset, mode, cycles), paper_cmiou(dataset, mode, cycles)
+    return {
+        "miou": None if miou is None else {"value": miou[0], "cell": miou[1]},
+        "cmiou": None if cmiou is None else {"value": cmiou[0], "cell": cmiou[1]},
+        "note": "VOC mIoU figures compare with summary.miou_objects (20 classes, PAS-20)",
+    }
 
 
 def _precompute_on_ray(dataset, store, cfg, args, fallback):
@@ -173,11 +272,13 @@ def _precompute_on_ray(dataset, store, cfg, args, fallback):
 
 
 class LazyPipeline:
-    """Builds `SelfSegPipeline(cfg)` on first use: a fully resumed run loads no model."""
+    """Builds `SelfSegPipeline(cfg)` on first use: a fully resumed run loads no model, and a run that only
+    segments (names-given) loads X-Decoder alone, never BLIP."""
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self._pipeline = None
+        self._segmenter = None
 
     def _get(self):
         if self._pipeline is None:
@@ -190,31 +291,113 @@ class LazyPipeline:
         return self._get().describe(images)
 
     def segment(self, images, class_names):
-        return self._get().segment(images, class_names)
+        if self._pipeline is not None:
+            return self._pipeline.segment(images, class_names)
+        if self._segmenter is None:
+            from selfseg_fast.engines.base import resolve_device
+            from selfseg_fast.models.xdecoder.segmenter import build_segmenter
+
+            self._segmenter = build_segmenter(self.cfg, resolve_device(self.cfg))
+        import numpy as np
+
+        return [
+            self._segmenter.segment(image.rgb, names) if names else np.full(image.rgb.shape[:2], -1)
+            for image, names in zip(images, class_names)
+        ]
 
 
-def format_table(rows, dataset: str, mode: str, backend: str) -> str:
-    """The final table: one row per run (per captioning-cycle count in a sweep)."""
+# ---- output ---------------------------------------------------------------------------------------------
+def format_table(rows, dataset: str, mode: str) -> str:
+    """The final table: one row per run, our figure and the paper's side by side."""
+    from selfseg_fast.evaluation.paper import paper_cmiou, paper_miou
+
     stages = sorted({stage for _, s in rows for stage in s.ms_per_stage})
-    head = ["cycles", "images", "images/s", "mIoU", "cmIoU", "nouns/img"] + [f"{s} ms" for s in stages]
-    lines = [f"bench {dataset} ({mode}, LOVE: {backend})", "  ".join(f"{h:>10}" for h in head)]
+    voc = dataset == "voc"
+    head = ["cycles", "images", "broken", "img/s", "mIoU-20" if voc else "mIoU", "paper"]
+    head += ["mIoU-21"] if voc else []
+    head += ["cmIoU", "paper", "cmIoU/img", "cmIoU BCC", "nouns/img"] + [f"{s} ms" for s in stages]
+    lines = ["  ".join(f"{h:>9}" for h in head)]
     for n, s in rows:
+        pm, pc = paper_miou(dataset, mode, n), paper_cmiou(dataset, mode, n)
         cells = [
-            "config" if n is None else str(n),
-            str(s.images_scored),
+            str(n),
+            f"{s.images_scored}/{s.images_total}",
+            str(len(s.skipped)),
             _fmt(s.images_per_second, 2),
-            _fmt(100 * s.miou, 1),
-            _fmt(100 * s.cmiou, 1),
-            _fmt(s.nouns_per_image, 1),
-        ] + [_fmt(s.ms_per_stage.get(stage, float("nan")), 1) for stage in stages]
-        lines.append("  ".join(f"{c:>10}" for c in cells))
+        ]
+        cells += [_pct(s.miou), _fmt(pm[0] if pm else None, 1)] + ([_pct(s.miou_all)] if voc else [])
+        cells += [_pct(s.cmiou), _fmt(pc[0] if pc else None, 1), _pct(s.cmiou_per_image), _pct(s.cmiou_bcc)]
+        cells += [_fmt(s.nouns_per_image, 1)] + [_fmt(s.ms_per_stage.get(st), 1) for st in stages]
+        lines.append("  ".join(f"{c:>9}" for c in cells))
+    notes = _notes(rows, dataset, mode)
+    return "\n".join(lines + notes)
+
+
+def _notes(rows, dataset: str, mode: str) -> list[str]:
+    from selfseg_fast.evaluation.paper import paper_cmiou, paper_miou
+
+    notes = []
+    cells = {
+        c[1] for n, _ in rows for c in (paper_miou(dataset, mode, n), paper_cmiou(dataset, mode, n)) if c
+    }
+    if cells:
+        notes.append("paper columns: " + "; ".join(sorted(cells)))
+    if dataset == "voc" and mode != "bcc-only":
+        notes.append("VOC: mIoU-20 = 20 object classes, background pixels ignored (what the paper's 41.6 "
+                     "and 96.2 compare with); mIoU-21 = 21 classes, background a class")  # fmt: skip
+    for _, s in rows:
         if s.skipped:
-            lines.append(f"  skipped {len(s.skipped)} broken pair(s): {', '.join(s.skipped[:5])}")
+            shown = ", ".join(s.skipped[:5]) + (" ..." if len(s.skipped) > 5 else "")
+            notes.append(
+                f"{len(s.skipped)} of {s.images_total} image/label pairs broken, not scored: {shown}"
+            )
+    return notes
+
+
+def format_table3(rows, dataset: str, num_classes: int) -> str:
+    """Table 3's row shape: dataset statistics, then mIoU per number of captioning cycles."""
+    from selfseg_fast.evaluation.paper import TABLE3_MIOU, TABLE3_STATS
+
+    cycles = [n for n, _ in rows]
+    head = ["", "dataset", "I-bar", "C-bar", "C"] + [str(n) for n in cycles]
+    lines = ["Table 3 (mIoU by captioning cycles)", "  ".join(f"{h:>10}" for h in head)]
+    if dataset in TABLE3_STATS:
+        i_bar, c_bar, c = TABLE3_STATS[dataset]
+        paper = [_fmt(TABLE3_MIOU[dataset].get(n), 1) for n in cycles]
+        lines.append(
+            "  ".join(f"{x:>10}" for x in ["paper", dataset, str(i_bar), str(c_bar), str(c), *paper])
+        )
+    s0 = rows[0][1]
+    ours = [_pct(s.miou) for _, s in rows]
+    row = ["ours", dataset, "-", _fmt(s0.classes_per_image, 1), str(num_classes), *ours]
+    lines.append("  ".join(f"{x:>10}" for x in row))
+    lines.append(
+        "(I-bar, mean instances per image, needs instance labels: not computed from semantic labels)"
+    )
     return "\n".join(lines)
 
 
-def _fmt(value: float, digits: int) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+def _exit_code(rows, allow_missing: bool) -> int:
+    for _, s in rows:
+        if s.images_scored == 0:
+            print("selfseg-fast: error: no image was scored (see the warnings above)", file=sys.stderr)
+            return EXIT_SOME_FAILED
+        if s.skipped and not allow_missing:
+            print(
+                f"selfseg-fast: {len(s.skipped)} broken image/label pair(s) not scored; exit 1 "
+                f"(--allow-missing to accept)",
+                file=sys.stderr,
+            )
+            return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _pct(value: float | None) -> str:
+    return _fmt(None if value is None else 100 * value, 1)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _parse_sweep(text: str) -> list[int]:

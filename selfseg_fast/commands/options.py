@@ -6,12 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from selfseg_fast.config import PRESETS, SelfSegConfig
+from selfseg_fast.config import AUTHORS_CODE, PRESETS, SelfSegConfig
 from selfseg_fast.errors import SelfSegError
 
 
 def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str = "voc") -> None:
-    """--preset, --config, --weights, --blip, --seed, --engine, --maskblip, --set KEY=VALUE."""
+    """--preset, --config, --weights, --blip, --seed, --engine, --authors-code, --set KEY=VALUE."""
     group = parser.add_argument_group("configuration")
     group.add_argument(
         "--preset",
@@ -47,9 +47,11 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
         help="fast engine's k-means: batched torch (default; Triton on CUDA) or cuML (GPU, optional)",
     )
     group.add_argument(
-        "--maskblip",
-        action="store_true",
-        help="reproduce the authors' released code instead of the paper (see README)",
+        "--authors-code",
+        choices=sorted(AUTHORS_CODE),
+        default=None,
+        help="reproduce one of the authors' releases instead of the paper: maskblip (Self-Seg's code) or "
+        "autoseg (its successor); see README 'Where the authors' released code differs'",
     )
     group.add_argument(
         "--set",
@@ -82,7 +84,7 @@ def add_profile_option(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
-    """Build the config: file or preset, then --maskblip, then explicit flags (incl. the segmenter's),
+    """Build the config: file or preset, then --authors-code, then explicit flags (incl. the segmenter's),
     then --set."""
     if args.config:
         cfg = SelfSegConfig.from_file(args.config)
@@ -90,8 +92,8 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
             raise SelfSegError("give either --config or --preset, not both (put the preset in the file)")
     else:
         cfg = SelfSegConfig.from_preset(args.preset or args._default_preset)
-    if args.maskblip:
-        cfg = cfg.maskblip()
+    if getattr(args, "authors_code", None):
+        cfg = cfg.authors_code(args.authors_code)
     overrides: dict[str, Any] = {}
     for flag, key in (("weights", "weights"), ("blip", "blip_model"), ("seed", "seed"), ("engine", "engine")):
         value = getattr(args, flag, None)

@@ -2,25 +2,40 @@
 
 Self-guided segmentation names regions with free nouns ("sedan", "puppy"); a benchmark scores fixed
 classes. LOVE maps every predicted noun to one dataset class, or to `background`, and the predicted
-masks are relabelled with that mapping before mIoU:
+masks are relabelled with that mapping before mIoU (Algorithm 1):
 
-    for each batch of predicted nouns not yet mapped:
-        noun already in the vocabulary (a class name or one of its synonyms) -> that class
-        otherwise: prompt the LLM with the dataset's template, parse the class from single quotes,
-                   intersect with the vocabulary; no class in the answer -> background
+    noun is a name of the dataset (a class key or one of the dataset's own names) -> that class
+    otherwise: prompt the LLM with the dataset's App. A template (batches of `llm_batch_size`),
+               parse the answer, intersect with the vocabulary; nothing in common -> background
 
-The prompt templates below are our own, written to the paper's description (one noun per prompt, the
-dataset's class list, answer in single quotes, `background` when nothing fits): App. A's exact wording
-was not available to us offline. The mapping is cached on disk per (noun, dataset, back-end), so a
-score can be audited and re-computed without the LLM, and it is written into the results.
+Names and priority (`Vocabulary`): a class's own name always wins over another class's other name.
+Look-ups try, in order: the class keys, the first official name of each class, the dataset's other
+official names (ADE20K-Full's "toilet, can, commode, ..., pot, potty, stool, throne"), and last our own
+synonyms (VOC `tv`, Cityscapes `tree`). So `stool`, `pot`, `can` and `throne` are the ADE classes of
+those names, never "toilet".
+
+The synonym shortcut (a noun equal to one of *our* synonyms maps without asking the LLM) is not in the
+paper: off by default (`synonym_shortcut=False`), an option for cheap offline runs.
+
+Parsing (`parse_answer`): like the authors' parser (split the answer at quote marks, intersect the
+pieces with the vocabulary), so apostrophes in chat-style answers do no harm ("I'm happy to help! The
+term 'sedan' is most similar to 'car'." -> car). Of several class names in one answer the first wins,
+except one named after a negation ("not 'bus'") or inside the class list echoed back ("[..., ...]");
+the queried noun itself is skipped; an answer that is exactly a class name without quotes ("Car.") is
+that class.
+
+The mapping is cached on disk under a key made of everything that changes an answer: the back-end and
+its model, the prompt templates, the decoding settings, and the vocabulary (class names, the dataset's
+other names, our synonyms). A changed prompt never reuses old mappings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,15 +46,32 @@ from selfseg_fast.paths import cache_path
 
 BACKGROUND = "background"
 
-PROMPT_TEMPLATES = {
-    "voc": (
-        "The Pascal VOC dataset has these classes: {classes}. Which one of these classes does the object "
-        "'{noun}' belong to? If it belongs to none of them, answer 'background'. Reply with the class name "
-        "only, in single quotes."
+# ---- App. A prompt templates ---------------------------------------------------------------------------
+# "paper": App. A word for word. The typeset quotes (‘background’) are LaTeX's rendering of straight
+# quotes, which the authors' released successor uses in the same sentences (ozzyou/AutoSeg
+# LAVE/lave.py:48-63); <dataset> is the Python list of class names (as lave.py:29 renders it). The ADE20K
+# sentence is printed without "is <noun>" ("To which class in the ADE20K dataset exclusively most
+# similar to?"); it is kept as printed (the noun appears in the second sentence).
+PAPER_TEMPLATES = {
+    "list": (
+        "To which class in the list {dataset} is {noun} exclusively most similar to? If {noun} is not "
+        "similar to any class in the list or if the term describes stuff instead of things, answer with "
+        "'background'. Reply in single quotation marks with the class name that is part of the list "
+        "{dataset} and do not link it to any other class name which is not part of the given list or "
+        "'background'."
     ),
-    "cityscapes": (
-        "The Cityscapes dataset of urban street scenes has these classes: {classes}. Which one of these "
-        "classes does '{noun}' belong to? If it belongs to none of them, answer 'background'. Reply with the "
+    "ade20k": (
+        "To which class in the ADE20K dataset exclusively most similar to? If {noun} is not similar to any "
+        "class in ADE20K or if the term describes stuff instead of things, answer with 'background'. Reply "
+        "in single quotation marks with the class name that is part of ADE20K and do not link it to any "
+        "other class name which is not part of the given list or 'background'."
+    ),
+}
+# "ours": our earlier wording (a named alternative, never the default).
+OUR_TEMPLATES = {
+    "list": (
+        "The {dataset_title} dataset has these classes: {classes}. Which one of these classes does the "
+        "object '{noun}' belong to? If it belongs to none of them, answer 'background'. Reply with the "
         "class name only, in single quotes."
     ),
     "ade20k": (
@@ -48,43 +80,74 @@ PROMPT_TEMPLATES = {
         "Reply with the class name only, in single quotes."
     ),
 }
-PROMPT_TEMPLATES["synthetic"] = PROMPT_TEMPLATES["cityscapes"]  # synthetic data uses Cityscapes classes
+TEMPLATES = {"paper": PAPER_TEMPLATES, "ours": OUR_TEMPLATES}
+_TITLES = {"voc": "Pascal VOC", "cityscapes": "Cityscapes", "synthetic": "Cityscapes"}
 
 
 @dataclass
 class Vocabulary:
-    """A dataset's classes as LOVE sees them: names (train-id order) and per-class synonyms."""
+    """A dataset's classes as LOVE sees them (see the module docstring for the look-up order).
+
+    names: one distinct key per class (train-id order); aliases: the dataset's other names per class
+    (the first one is its first official name); synonyms: ours, per class."""
 
     dataset: str
     names: list[str]
-    synonyms: list[list[str]]
+    aliases: list[list[str]] = field(default_factory=list)
+    synonyms: list[list[str]] = field(default_factory=list)
 
     @classmethod
     def from_dataset(cls, dataset) -> Vocabulary:
-        return cls(dataset.name, list(dataset.class_names), [list(s) for s in dataset.class_synonyms])
+        return cls(
+            dataset.name,
+            list(dataset.class_names),
+            [list(a) for a in getattr(dataset, "class_aliases", [])],
+            [list(s) for s in getattr(dataset, "class_synonyms", [])],
+        )
 
     def __post_init__(self) -> None:
-        self._index: dict[str, int] = {}
-        for i, (name, syns) in enumerate(zip(self.names, self.synonyms)):
-            for word in (name, *syns):
-                self._index.setdefault(normalise(word), i)  # duplicated names: the first class wins
+        n = len(self.names)
+        self.aliases = (list(self.aliases) + [[] for _ in range(n)])[:n]
+        self.synonyms = (list(self.synonyms) + [[] for _ in range(n)])[:n]
+        levels = [
+            [(i, [name]) for i, name in enumerate(self.names)],
+            [(i, a[:1]) for i, a in enumerate(self.aliases)],
+            [(i, a[1:]) for i, a in enumerate(self.aliases)],
+            [(i, s) for i, s in enumerate(self.synonyms)],
+        ]
+        self._own: dict[str, int] = {}  # keys and the dataset's own names
+        self._any: dict[str, int] = {}  # ... and our synonyms
+        for level, entries in enumerate(levels):
+            for i, words in entries:
+                for word in words:
+                    key = normalise(word)
+                    if level < 3:
+                        self._own.setdefault(key, i)
+                    self._any.setdefault(key, i)
 
-    def index_of(self, word: str) -> int | None:
-        """Train id of the class named `word` (name or synonym, case/space-insensitive), else None."""
-        return self._index.get(normalise(word))
+    def index_of(self, word: str, *, synonyms: bool = True) -> int | None:
+        """Train id of the class named `word` (case/space-insensitive), own names first; None if none."""
+        table = self._any if synonyms else self._own
+        return table.get(normalise(word))
 
     @property
     def background_index(self) -> int:
         """Train id of a `background` class (VOC), or -1 where the dataset has none (scored as a miss)."""
-        found = self.index_of(BACKGROUND)
+        found = self.index_of(BACKGROUND, synonyms=False)
         return -1 if found is None else found
 
     def classes(self) -> dict[str, list[str]]:
-        """{class name: synonyms} in train-id order (first occurrence of duplicated names)."""
-        out: dict[str, list[str]] = {}
-        for name, syns in zip(self.names, self.synonyms):
-            out.setdefault(name, list(syns))
-        return out
+        """{class key: the dataset's other names + our synonyms} in train-id order (WordNet mapper)."""
+        return {name: [*a, *s] for name, a, s in zip(self.names, self.aliases, self.synonyms)}
+
+    def describe(self) -> dict:
+        """Everything about the vocabulary that can change a mapping (part of the cache key)."""
+        return {
+            "dataset": self.dataset,
+            "names": self.names,
+            "aliases": self.aliases,
+            "synonyms": self.synonyms,
+        }
 
 
 def normalise(word: str) -> str:
@@ -92,20 +155,41 @@ def normalise(word: str) -> str:
 
 
 # ---- Algorithm 1 pieces -------------------------------------------------------------------------------
-def build_prompt(noun: str, vocabulary: Vocabulary) -> str:
-    """The dataset's template filled with its class list and one noun."""
-    template = PROMPT_TEMPLATES.get(vocabulary.dataset, PROMPT_TEMPLATES["ade20k"])
-    classes = ", ".join(f"'{name}'" for name in vocabulary.names)
-    return template.format(classes=classes, noun=noun)
+def build_prompt(noun: str, vocabulary: Vocabulary, template: str = "paper") -> str:
+    """The dataset's template (`TEMPLATES[template]`) filled with one noun and the class list."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown LOVE template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+    kind = "ade20k" if vocabulary.dataset == "ade20k" else "list"
+    return TEMPLATES[template][kind].format(
+        noun=noun,
+        dataset=str(list(vocabulary.names)),  # the Python list, as the authors render it
+        classes=", ".join(f"'{name}'" for name in vocabulary.names),
+        dataset_title=_TITLES.get(vocabulary.dataset, vocabulary.dataset),
+    )
 
 
-def parse_answer(text: str, vocabulary: Vocabulary) -> str:
-    """The first single-quoted phrase of `text` that is in the vocabulary, else `background`."""
-    for quoted in re.findall(r"'\s*([^'\n]+?)\s*'", text):
-        index = vocabulary.index_of(quoted)
-        if index is not None:
-            return vocabulary.names[index]
-    return BACKGROUND
+_QUOTES = "'\"\u2018\u2019\u201c\u201d`"
+_ECHOED_LIST = re.compile(r"\[[^\[\]]*,[^\[\]]*\]")  # "[..., ...]": the prompt's class list echoed
+_NEGATION = re.compile(
+    r"(?:\bnot|n['\u2019]t|\bnor|\bno|rather than|instead of|other than)\s*$", re.IGNORECASE
+)
+
+
+def parse_answer(text: str, vocabulary: Vocabulary, noun: str | None = None) -> str:
+    """The class an LLM answer names (see the module docstring), else `background`."""
+    text = _ECHOED_LIST.sub(" ", text)  # a class list the model repeats from the prompt names nothing
+    quotes = [m.start() for m in re.finditer(f"[{_QUOTES}]", text)]
+    for opening, closing in zip(quotes, quotes[1:]):  # every piece between two quote marks
+        candidate = text[opening + 1 : closing].strip(" \t\n.,;:!?*()[]")
+        if not candidate or len(candidate) > 120 or (noun and normalise(candidate) == normalise(noun)):
+            continue
+        index = vocabulary.index_of(candidate)
+        if index is None or _NEGATION.search(text[max(0, opening - 24) : opening]):
+            continue
+        return vocabulary.names[index]
+    bare = text.strip().strip(_QUOTES + " \t\n.,;:!?*")
+    index = vocabulary.index_of(bare) if bare and len(bare) <= 120 else None
+    return vocabulary.names[index] if index is not None else BACKGROUND
 
 
 class LanguageModel(Protocol):
@@ -115,44 +199,68 @@ class LanguageModel(Protocol):
 
     def complete(self, prompts: list[str]) -> list[str]: ...
 
+    def settings(self) -> dict: ...
+
 
 class NounMapper(Protocol):
-    """Anything that maps nouns (not in the vocabulary) to class names or `background`."""
+    """Anything that maps nouns (not names of the dataset) to class keys or `background`."""
 
     name: str
+    is_llm: bool
 
     def map_nouns(self, nouns: list[str], vocabulary: Vocabulary) -> dict[str, str]: ...
 
+    def describe(self) -> dict: ...
+
 
 class LLMMapper:
-    """Algorithm 1's LLM step: prompts in batches of `batch_size`, answers parsed from single quotes."""
+    """Algorithm 1's LLM step: prompts in batches of `batch_size`, answers parsed (`parse_answer`)."""
 
-    def __init__(self, llm: LanguageModel, batch_size: int = 16) -> None:
+    is_llm = True
+
+    def __init__(self, llm: LanguageModel, batch_size: int = 16, template: str = "paper") -> None:
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown LOVE template {template!r}; choose one of: {', '.join(TEMPLATES)}")
         self.llm = llm
         self.name = llm.name
         self.batch_size = batch_size
-        self.last_answers: dict[str, str] = {}  # noun -> raw LLM answer of the latest call (for audits)
+        self.template = template
+        self.last_answers: dict[str, str] = {}  # noun -> raw LLM answer (for audits; cached with the mapping)
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.llm.name,
+            "llm": self.llm.settings(),
+            "template": self.template,
+            "template_text": TEMPLATES[self.template],
+        }
 
     def map_nouns(self, nouns: list[str], vocabulary: Vocabulary) -> dict[str, str]:
         out: dict[str, str] = {}
         for start in range(0, len(nouns), self.batch_size):
             batch = nouns[start : start + self.batch_size]
-            answers = self.llm.complete([build_prompt(noun, vocabulary) for noun in batch])
+            answers = self.llm.complete([build_prompt(noun, vocabulary, self.template) for noun in batch])
             for noun, answer in zip(batch, answers):
                 self.last_answers[noun] = answer
-                out[noun] = parse_answer(answer, vocabulary)
+                out[noun] = parse_answer(answer, vocabulary, noun)
         return out
 
 
 class WordNetNounMapper:
-    """Adapter: the offline WordNet mapper behind the `NounMapper` interface."""
+    """Adapter: the offline WordNet mapper behind the `NounMapper` interface (a stand-in, not an LLM)."""
 
     name = "wordnet"
+    is_llm = False
+    RULES_VERSION = 1  # bump when wordnet_mapper's rules change (part of the cache key)
 
     def __init__(self) -> None:
         from selfseg_fast.evaluation.wordnet_mapper import WordNetMapper
 
         self._mapper = WordNetMapper()
+        self.last_answers: dict[str, str] = {}
+
+    def describe(self) -> dict:
+        return {"backend": "wordnet", "rules_version": self.RULES_VERSION}
 
     def map_nouns(self, nouns: list[str], vocabulary: Vocabulary) -> dict[str, str]:
         return self._mapper.map_nouns(nouns, vocabulary.classes())
@@ -164,70 +272,114 @@ def default_cache_path() -> Path:
     return cache_path("love_cache")
 
 
+def cache_key(about: dict) -> str:
+    """A short stable hash of everything that changes a mapping."""
+    return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:20]
+
+
 class LoveCache:
-    """{backend: {dataset: {noun: class}}} in one JSON file, written atomically after each update."""
+    """{"format": 2, "entries": {key: {"about": ..., "mapping": {noun: class}, "answers": {...}}}} in one
+    JSON file, written atomically after each update. A file in another format is started afresh."""
+
+    FORMAT = 2
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
         try:
-            self.data: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            data = json.loads(self.path.read_text()) if self.path.is_file() else {}
         except (OSError, json.JSONDecodeError):
-            self.data = {}  # a corrupt cache is rebuilt, never fatal
+            data = {}  # a corrupt cache is rebuilt, never fatal
+        ok = isinstance(data, dict) and data.get("format") == self.FORMAT
+        self.entries: dict = data.get("entries", {}) if ok else {}
 
-    def get(self, backend: str, dataset: str, noun: str) -> str | None:
-        return self.data.get(backend, {}).get(dataset, {}).get(noun)
+    def get(self, key: str, noun: str) -> str | None:
+        return self.entries.get(key, {}).get("mapping", {}).get(noun)
 
-    def update(self, backend: str, dataset: str, mapping: dict[str, str]) -> None:
+    def answer(self, key: str, noun: str) -> str | None:
+        return self.entries.get(key, {}).get("answers", {}).get(noun)
+
+    def update(self, key: str, about: dict, mapping: dict[str, str], answers: dict[str, str]) -> None:
         if not mapping:
             return
-        self.data.setdefault(backend, {}).setdefault(dataset, {}).update(mapping)
+        entry = self.entries.setdefault(key, {"about": about, "mapping": {}, "answers": {}})
+        entry["mapping"].update(mapping)
+        entry["answers"].update({n: a for n, a in answers.items() if n in mapping})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.data, sort_keys=True)
+        write_json_atomic(self.path, {"format": self.FORMAT, "entries": self.entries}, sort_keys=True)
 
 
 # ---- LOVE ----------------------------------------------------------------------------------------------
 class LOVE:
     """Maps predicted nouns to a dataset's classes (cached) and relabels predicted masks with it."""
 
-    def __init__(self, mapper: NounMapper, vocabulary: Vocabulary, cache: LoveCache | None = None) -> None:
+    def __init__(
+        self,
+        mapper: NounMapper,
+        vocabulary: Vocabulary,
+        cache: LoveCache | None = None,
+        *,
+        synonym_shortcut: bool = False,
+    ) -> None:
         self.mapper = mapper
         self.vocabulary = vocabulary
         self.cache = cache
+        self.synonym_shortcut = synonym_shortcut
         self.mapping: dict[str, str] = {}  # every noun mapped so far in this run
+        self.answers: dict[str, str] = {}  # raw LLM answers of the nouns that went to the LLM
+        self.about = {"mapper": mapper.describe(), "vocabulary": vocabulary.describe()}
+        self.key = cache_key(self.about)
 
     @property
     def backend(self) -> str:
         return self.mapper.name
 
+    @property
+    def is_llm(self) -> bool:
+        """True for the paper's LOVE (an LLM back-end), False for the WordNet stand-in."""
+        return bool(getattr(self.mapper, "is_llm", False))
+
+    def _direct(self, noun: str) -> str | None:
+        """The class a noun names without asking the LLM: own names always, our synonyms with the shortcut."""
+        index = self.vocabulary.index_of(noun, synonyms=self.synonym_shortcut)
+        return None if index is None else self.vocabulary.names[index]
+
     def map(self, nouns: Sequence[str]) -> dict[str, str]:
-        """noun -> class name or `background` for each distinct noun (Algorithm 1)."""
+        """noun -> class key or `background` for each distinct noun (Algorithm 1)."""
         todo: list[str] = []
         for noun in dict.fromkeys(nouns):
             if noun in self.mapping:
                 continue
-            index = self.vocabulary.index_of(noun)
-            if index is not None:
-                self.mapping[noun] = self.vocabulary.names[index]
-                continue
-            cached = self.cache.get(self.backend, self.vocabulary.dataset, noun) if self.cache else None
-            if cached is not None:
+            direct = self._direct(noun)
+            cached = self.cache.get(self.key, noun) if self.cache and direct is None else None
+            if direct is not None:
+                self.mapping[noun] = direct
+            elif cached is not None:
                 self.mapping[noun] = cached
+                answer = self.cache.answer(self.key, noun)
+                if answer is not None:
+                    self.answers[noun] = answer
             else:
                 todo.append(noun)
-        if todo:
-            found = self.mapper.map_nouns(todo, self.vocabulary)
-            found = {noun: found.get(noun, BACKGROUND) for noun in todo}
-            self.mapping.update(found)
-            if self.cache is not None:
-                self.cache.update(self.backend, self.vocabulary.dataset, found)
+        step = max(1, int(getattr(self.mapper, "batch_size", 0) or len(todo) or 1))
+        for start in range(0, len(todo), step):  # cached batch by batch: an outage keeps what was answered
+            self._ask(todo[start : start + step])
         return {noun: self.mapping[noun] for noun in nouns}
+
+    def _ask(self, todo: list[str]) -> None:
+        found = self.mapper.map_nouns(todo, self.vocabulary)
+        found = {noun: found.get(noun, BACKGROUND) for noun in todo}
+        answers = {n: a for n, a in getattr(self.mapper, "last_answers", {}).items() if n in found}
+        self.mapping.update(found)
+        self.answers.update(answers)
+        if self.cache is not None:
+            self.cache.update(self.key, self.about, found, answers)
 
     def class_ids(self, nouns: Sequence[str]) -> np.ndarray:
         """[len(nouns)] int64 train id per noun (background: the dataset's background class or -1)."""
         mapping = self.map(nouns)
         ids = []
         for noun in nouns:
-            index = self.vocabulary.index_of(mapping[noun])
+            index = self.vocabulary.index_of(mapping[noun], synonyms=False)
             ids.append(self.vocabulary.background_index if index is None else index)
         return np.asarray(ids, dtype=np.int64)
 

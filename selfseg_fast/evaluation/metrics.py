@@ -8,15 +8,21 @@ Conventions (those of cityscapesscripts' pixel-level evaluation, `evalPixelLevel
 - IoU_c = TP / (TP + FP + FN); a class with TP + FP + FN = 0 (absent from ground truth and prediction)
   is NaN and left out of the mean (mIoU = nanmean).
 
-cmIoU (class-agnostic mIoU, for the BCC cluster masks alone, before any naming), as the authors'
-released evaluation computes it (maskblip `evaluate_miou.py`, `compute_best_mean_IoU`): in each image,
-every ground-truth segment (a class present in the image; the background class, where the dataset
-has one, and void pixels excluded) takes the best IoU any predicted cluster reaches with it; the
-image scores the mean over its segments and cmIoU is the mean over images. Clusters may serve several
-segments (no one-to-one matching). One difference, stated: void pixels are removed from the clusters
-too, as every other metric here does. `match_clusters_to_classes` gives the stricter one-to-one
-(Hungarian) variant, reported beside it as `cmiou_matched`. (The paper's own wording of the definition
-was not available to us offline; the authors' code is the reference followed.)
+cmIoU (class-agnostic mIoU, paper Sect. 4.1): every ground-truth segment g_i of the dataset takes the
+best IoU any predicted segment p_j of its image reaches with it, and cmIoU = (1/N) sum_i IoU_max_i over
+all N ground-truth segments of the dataset (`ClusterScore.pooled`, the default). The authors' released
+evaluation (maskblip `evaluate_xdecoder.py:74-110`, `compute_best_mean_IoU`) averages per image first
+and then over images (`ClusterScore.per_image`); both are reported. A ground-truth segment is a class
+present in an image (semantic labels carry no instances); the background class, where the dataset has
+one (VOC), and void pixels are not segments, and void pixels are removed from the predicted segments
+too (the authors' code skips label 0 only, so VOC's void border label 255 counts as a segment there). A
+predicted segment is a cluster of the 32x32 BCC grid (Table 1 "BCC") or the region of one name in the
+segmenter's output (Table 1 "Self-Seg", "X-Decoder + BLIP"). A predicted segment may serve several
+ground-truth segments (no one-to-one matching); `match_clusters_to_classes` gives the stricter one-to-one
+(Hungarian) variant, reported as `cmiou_matched`.
+
+VOC: `mean_iou` over the 21 classes (background a class) and `mean_iou_objects` over the 20 object
+classes with background pixels ignored (the PAS-20 protocol of the given-names methods in Table 2).
 """
 
 from __future__ import annotations
@@ -87,9 +93,6 @@ class ConfusionMatrix:
     def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
         self.counts += confusion_matrix_reference(gt, pred, self.num_classes, self.ignore_index)
 
-    def add_counts(self, counts: np.ndarray) -> None:
-        self.counts += np.asarray(counts, dtype=np.int64)
-
     def iou(self) -> np.ndarray:
         return iou_per_class(self.counts)
 
@@ -147,20 +150,47 @@ def best_iou_per_segment(
 
 
 class ClusterScore:
-    """cmIoU accumulator: the mean over images of each image's mean best segment IoU."""
+    """cmIoU accumulator: each image's best IoU per ground-truth segment, kept per image, so both the
+    paper's pooled mean (over all segments of the dataset) and the authors' per-image mean come out."""
 
     def __init__(self, ignore_index: int, skip_classes: tuple[int, ...] = ()) -> None:
         self.ignore_index = ignore_index
         self.skip_classes = skip_classes
-        self.per_image: list[float] = []
+        self.best: list[np.ndarray] = []  # per scored image: [S_i] best IoU of each of its S_i segments
 
-    def update(self, gt: np.ndarray, clusters: np.ndarray) -> None:
-        best = best_iou_per_segment(gt, clusters, self.ignore_index, self.skip_classes)
-        if best:  # an image with no scored segment does not count
-            self.per_image.append(float(np.mean(list(best.values()))))
+    def update(self, gt: np.ndarray, segments: np.ndarray) -> None:
+        """gt: [H, W] class ids; segments: [H, W] predicted segment ids (any integers; -1 is a segment
+        too: the pixels no segment claims)."""
+        best = best_iou_per_segment(gt, segments, self.ignore_index, self.skip_classes)
+        if best:  # an image with no scored segment adds nothing to either mean
+            self.best.append(np.fromiter(best.values(), dtype=np.float64))
+
+    @property
+    def num_segments(self) -> int:
+        return int(sum(b.size for b in self.best))
+
+    def pooled(self) -> float:
+        """The paper's cmIoU: mean best IoU over all N ground-truth segments of the dataset."""
+        return float(np.concatenate(self.best).mean()) if self.best else float("nan")
+
+    def per_image(self) -> float:
+        """The authors' code: mean over images of each image's mean best IoU."""
+        return float(np.mean([b.mean() for b in self.best])) if self.best else float("nan")
 
     def value(self) -> float:
-        return float(np.mean(self.per_image)) if self.per_image else float("nan")
+        return self.pooled()
+
+
+def mean_iou_objects(conf: np.ndarray | torch.Tensor, background: int = 0) -> float:
+    """mIoU over the object classes with background pixels ignored (VOC's PAS-20 protocol): the
+    background row is dropped (those pixels are not scored) and a prediction of background on an object
+    pixel is a miss (a false negative of the object, a false positive of nothing)."""
+    conf = np.asarray(conf.cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.int64)
+    n = conf.shape[0]
+    objects = [c for c in range(n) if c != background]
+    rows = conf[objects]
+    misses = rows[:, background] + rows[:, n]
+    return mean_iou(np.concatenate([rows[:, objects], misses[:, None]], axis=1))  # [C-1, C]: last "no class"
 
 
 def match_clusters_to_classes(

@@ -86,7 +86,7 @@ class NounExtractor:
             lemma = token.lemma_.lower().strip()
             if not lemma.isalpha():
                 continue
-            noun = self._is_noun(lemma)
+            noun = self._is_noun(lemma) if self.cfg.require_wordnet else lemma
             if noun is None or len(noun) < self.cfg.min_length or noun in self._blocked:
                 continue
             if noun not in found:

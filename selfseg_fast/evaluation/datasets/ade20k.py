@@ -4,16 +4,23 @@
     <root>/ADE20K_2021_17_01/images_detectron2/validation/*.jpg
     <root>/ADE20K_2021_17_01/annotations_detectron2/validation/*.tif   uint16 train ids, 65535 = void
 
-Class names are read from a names file next to the data, never typed here: `ade20k_full_classes.json`
-(the preparation script's category list, `[{"name": "wall", "id": 2978, "trainId": 0}, ...]`, or a plain
-JSON list of names in train-id order) or `ade20k_full_classes.txt` (one name per line, train-id order),
-in `<root>` or in `<root>/ADE20K_2021_17_01`. A name like "building, edifice" gives the class name
-"building" with the synonyms "building" and "edifice".
+The 847 category names ship with the package (`ade20k_full_categories.json`: train id, ADE object id,
+name; generated from the `ADE20K_SEM_SEG_FULL_CATEGORIES` list of that preparation script, the
+dataset's facts), so a user who ran the script needs nothing else. A names file in the root
+(`ade20k_full_classes.json` in the script's format or a plain list, or `ade20k_full_classes.txt`, one
+name per line, train-id order) replaces them, e.g. for another release.
+
+Names: "building, edifice" is the class keyed "building" with the dataset's other name "edifice". Nine
+first names belong to several classes ("bag" x3, "pot", "screen", "pier", "pipe", "grill", "patio",
+"basket", "control panel"): those classes are keyed by their full official name ("pot" and "pot,
+flowerpot"; "bag", "bag, traveling bag, ..." and "bag, handbag, ..."), so all 847 keys are distinct.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +30,12 @@ from selfseg_fast.evaluation.datasets.base import Dataset, DatasetError, Entry, 
 
 ADE_FOLDER = "ADE20K_2021_17_01"
 NAMES_FILES = ("ade20k_full_classes.json", "ade20k_full_classes.txt")
+PACKAGED_NAMES = "ade20k_full_categories.json"
 NUM_CLASSES = 847
 IGNORE = 65535
 FIX_NAMES = (
-    "write the 847 category names (train-id order) as ade20k_full_classes.json or .txt into the dataset "
-    "root, e.g. from ADE20K_SEM_SEG_FULL_CATEGORIES of MaskFormer's prepare_ade20k_full_sem_seg.py"
+    "the file must list the category names in train-id order (as ADE20K_SEM_SEG_FULL_CATEGORIES of "
+    "MaskFormer's prepare_ade20k_full_sem_seg.py), or remove it to use the packaged 847 names"
 )
 
 
@@ -46,9 +54,11 @@ class ADE20KFullDataset(Dataset):
         entries = [Entry(p.stem, p, label_dir / f"{p.stem}.tif") for p in sorted(image_dir.glob("*.jpg"))]
         if not entries:
             raise DatasetError("no .jpg images found", path=str(image_dir))
-        synonyms = read_class_names([root, ade])
-        super().__init__(root, [names[0] for names in synonyms], entries)
-        self.class_synonyms = synonyms
+        official = read_class_names([root, ade])
+        keys, aliases = class_keys(official)
+        super().__init__(root, keys, entries)
+        self.official_names = official
+        self.class_aliases = aliases
 
     def _read_label(self, path: Path) -> np.ndarray:
         with Image.open(path) as image:
@@ -61,19 +71,35 @@ class ADE20KFullDataset(Dataset):
         return label
 
 
-def read_class_names(folders: list[Path]) -> list[list[str]]:
-    """Synonym lists per train id from the first names file found in `folders`."""
+def packaged_class_names() -> list[str]:
+    """The 847 official ADE20K-Full names shipped with the package, in train-id order."""
+    text = resources.files(__package__).joinpath(PACKAGED_NAMES).read_text(encoding="utf-8")
+    return [item["name"] for item in sorted(json.loads(text), key=lambda item: item["trainId"])]
+
+
+def class_keys(official: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(distinct key per class, the dataset's names per class: first name, other names, full name)."""
+    parts = [[p.strip() for p in name.split(",") if p.strip()] for name in official]
+    first = Counter(p[0] for p in parts)
+    keys = [p[0] if first[p[0]] == 1 else ", ".join(p) for p in parts]
+    aliases = [list(dict.fromkeys([*p, ", ".join(p)])) for p in parts]
+    if len(set(keys)) != len(keys):
+        dup = [k for k, n in Counter(keys).items() if n > 1][:3]
+        raise DatasetError(f"class names are not distinct after keying (e.g. {dup}); {FIX_NAMES}")
+    return keys, aliases
+
+
+def read_class_names(folders: list[Path]) -> list[str]:
+    """Official names per train id: a names file in `folders` if there is one, else the packaged list."""
     for folder in folders:
         for file_name in NAMES_FILES:
             path = folder / file_name
             if path.is_file():
                 return _parse_names(path)
-    raise DatasetError(
-        f"class names file not found ({' or '.join(NAMES_FILES)}); {FIX_NAMES}", path=str(folders[-1])
-    )
+    return packaged_class_names()
 
 
-def _parse_names(path: Path) -> list[list[str]]:
+def _parse_names(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
@@ -93,7 +119,6 @@ def _parse_names(path: Path) -> list[list[str]]:
             raw = [str(item) for item in data]
     else:
         raw = [line.strip() for line in text.splitlines() if line.strip()]
-    synonyms = [[part.strip() for part in name.split(",") if part.strip()] for name in raw]
-    if any(not names for names in synonyms):
+    if any(not name.strip(" ,") for name in raw):
         raise DatasetError("empty class name", path=str(path))
-    return synonyms
+    return raw

@@ -2,11 +2,20 @@
 
 A reader only lists its pairs (`_entries`) and decodes one label file into train ids (`_read_label`).
 Iteration checks each pair (image readable, label present and readable, same size); a broken pair is
-reported by name on stderr as one warning line and skipped, so a long benchmark run goes on.
+reported by name on stderr as one warning line and skipped, so a long benchmark run goes on (the
+benchmark then counts it and exits non-zero unless told `--allow-missing`).
+
+Class names come in three kinds, so that a class's own name always wins (LOVE, `love.Vocabulary`):
+- `class_names`: one distinct key per class in train-id order (what results and `iou_per_class` use);
+- `class_aliases`: the dataset's own other names of a class (ADE20K-Full's comma-separated names, VOC's
+  devkit spellings); part of the dataset's vocabulary;
+- `class_synonyms`: words we add (VOC `tv`, Cityscapes `tree` -> vegetation); not the dataset's, so
+  LOVE only uses them for the optional synonym shortcut and to read LLM answers.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,8 +63,14 @@ class Dataset:
         self.root = Path(root)
         self.class_names = list(class_names)
         self.entries = entries
-        self.class_synonyms: list[list[str]] = [[name] for name in self.class_names]  # per class, for LOVE
+        self.class_aliases: list[list[str]] = [[] for _ in self.class_names]  # the dataset's other names
+        self.class_synonyms: list[list[str]] = [[] for _ in self.class_names]  # ours (LOVE shortcut)
         self.skipped: list[tuple[str, str]] = []  # (id, reason) of pairs skipped so far
+
+    @property
+    def background_id(self) -> int | None:
+        """Train id of a `background` class (VOC: 0), None where the dataset has none."""
+        return self.class_names.index("background") if "background" in self.class_names else None
 
     @property
     def num_classes(self) -> int:
@@ -116,6 +131,15 @@ def read_index_png(path: Path) -> np.ndarray:
         if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
             raise ValueError(f"expected a single-channel label image, got mode {image.mode}")
         return np.asarray(image, dtype=np.int64)
+
+
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def is_safe_id(sample_id: str) -> bool:
+    """A sample id that is one plain file-name stem: letters, digits, `_ . -`, no separators, no `..`,
+    not starting with a dot (ids become file names under --out; a crafted id must not escape it)."""
+    return bool(SAFE_ID.fullmatch(sample_id)) and ".." not in sample_id
 
 
 def require_dir(path: Path, what: str, fix: str) -> Path:

@@ -17,9 +17,10 @@ CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
-# Other words for a class, from the class definitions on the Cityscapes website (e.g. vegetation: "trees,
+# Words we add, taken from the class definitions on the Cityscapes website (e.g. vegetation: "trees,
 # hedges, all kinds of vertical vegetation"; terrain: "grass, all kinds of horizontal vegetation, soil or
-# sand"); a predicted noun equal to one of them is the class itself.
+# sand"). Not class names of the dataset: LOVE uses them only for its optional synonym shortcut and to
+# read LLM answers (the paper sends every such noun to the LLM).
 CITYSCAPES_SYNONYMS = {
     "vegetation": ["tree", "hedge", "bush"],
     "terrain": ["grass", "soil", "sand"],
@@ -71,6 +72,17 @@ def train_id_to_label_id() -> np.ndarray:
     return out
 
 
+def label_ids_image(train_ids: np.ndarray):
+    """[H, W] train ids (-1: no class) -> the 8-bit labelIds PIL image that cityscapesscripts'
+    `csEvalPixelLevelSemanticLabeling` reads; "no class" -> 0 (unlabeled), which it scores as a miss."""
+    from PIL import Image
+
+    lut = train_id_to_label_id()
+    valid = (train_ids >= 0) & (train_ids < len(lut))
+    values = np.where(valid, lut[np.clip(train_ids, 0, len(lut) - 1)], 0).astype(np.uint8)
+    return Image.fromarray(values)  # 2-D uint8: mode L
+
+
 class CityscapesDataset(Dataset):
     """`root` holds leftImg8bit/ and gtFine/ (unpacked leftImg8bit_trainvaltest and gtFine_trainvaltest)."""
 
@@ -93,7 +105,7 @@ class CityscapesDataset(Dataset):
             raise DatasetError("no *_leftImg8bit.png images found in its city folders", path=str(image_dir))
         super().__init__(root, list(CITYSCAPES_CLASSES), entries)
         self._lut = label_id_lut()
-        self.class_synonyms = [[name, *CITYSCAPES_SYNONYMS.get(name, [])] for name in CITYSCAPES_CLASSES]
+        self.class_synonyms = [list(CITYSCAPES_SYNONYMS.get(name, [])) for name in CITYSCAPES_CLASSES]
 
     def _read_label(self, path: Path) -> np.ndarray:
         label_ids = read_index_png(path)
