@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,7 @@ def test_http_example_serves_and_rejects_bad_requests():
 
     spec = importlib.util.spec_from_file_location("serve_http", ROOT / "examples" / "serve_http.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_http"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     cfg = SelfSegConfig.from_preset("voc").with_overrides({"weights": "random-tiny", "device": "cpu"})
     service = SelfSegService(cfg, ServiceConfig(max_batch=2, max_wait_ms=5))
