@@ -51,7 +51,7 @@ class HttpLimits:
     max_body_bytes: int = 32 * 2**20  # upload size cap (raw or multipart)
     body_timeout_s: float = 30.0  # the whole body must arrive within this (slow-body clients)
     decode_workers: int = 2  # threads decoding uploads and encoding responses
-    max_inflight: int = 64  # requests being read, decoded or served at once; more get 503
+    max_inflight: int = 32  # requests being read, decoded or served at once; more get 503
 
 
 class Refused(Exception):

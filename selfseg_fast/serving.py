@@ -7,8 +7,9 @@ What it guarantees:
   while it waits is dropped without running; the worker survives any exception the batch function
   raises, `BaseException`s included; `close()` finishes everything it accepted (submission and close
   are serialised by one lock, so nothing slips in behind the stop).
-- **Bounded queue**: at most `max_queue` requests wait; beyond that `submit` raises `ServiceBusy`
-  (a service answers 503 + Retry-After) instead of growing memory without limit.
+- **Bounded queue**: at most `max_queue` requests, and at most `max_queue_cost` of summed cost, wait;
+  beyond that `submit` raises `ServiceBusy` (a service answers 503 + Retry-After) instead of growing
+  memory without limit (one item is always accepted into an empty queue, whatever its cost).
 - **No head-of-line blocking**: requests are queued in lanes by size class (`lane_fn`) and a batch never
   mixes lanes or exceeds `max_batch_cost` (`cost_fn`); the next batch is the one with the least
   estimated run time minus how long its oldest request has waited (shortest job first with ageing, the
@@ -69,7 +70,8 @@ class MicroBatcher(Generic[T, R]):
     """Runs `batch_fn(list[T]) -> list[R]` over micro-batches of concurrently submitted items.
 
     max_batch: items per batch; max_wait_ms: how long the oldest item of a batch waits for company;
-    max_queue: items allowed to wait; cost_fn / lane_fn / max_batch_cost: see the module docstring."""
+    max_queue / max_queue_cost: how many items, and how much summed cost, may wait; cost_fn / lane_fn /
+    max_batch_cost: see the module docstring."""
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class MicroBatcher(Generic[T, R]):
         cost_fn: Callable[[T], float] | None = None,
         lane_fn: Callable[[T], Hashable] | None = None,
         max_batch_cost: float | None = None,
+        max_queue_cost: float | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
@@ -91,11 +94,13 @@ class MicroBatcher(Generic[T, R]):
         self.cost_fn = cost_fn
         self.lane_fn = lane_fn
         self.max_batch_cost = max_batch_cost
+        self.max_queue_cost = max_queue_cost
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # sizes of recent batches (metrics, tests)
         self.seconds_per_cost = 0.0  # learnt from finished batches (0: plain FIFO until then)
         self._cond = threading.Condition()
         self._lanes: dict[Hashable, deque[_Entry]] = {}
         self._pending = 0
+        self._pending_cost = 0.0
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="selfseg-microbatcher", daemon=True)
         self._worker.start()
@@ -109,11 +114,12 @@ class MicroBatcher(Generic[T, R]):
         entry = _Entry(item, future, cost, lane, 0.0)
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not self._closed and self._pending >= self.max_queue:
+            while not self._closed and self._full(cost):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ServiceBusy(
-                        f"busy: {self._pending} requests queued (limit {self.max_queue}); retry shortly"
+                        f"busy: {self._pending} requests queued (limits: {self.max_queue} requests, "
+                        f"{self.max_queue_cost or 'no'} cost units); retry shortly"
                     )
                 self._cond.wait(remaining)
             if self._closed:
@@ -121,6 +127,7 @@ class MicroBatcher(Generic[T, R]):
             entry.enqueued = time.monotonic()
             self._lanes.setdefault(lane, deque()).append(entry)
             self._pending += 1
+            self._pending_cost += cost
             self._cond.notify_all()
         future.add_done_callback(lambda f, e=entry: self._forget_if_cancelled(e))
         return future
@@ -131,6 +138,12 @@ class MicroBatcher(Generic[T, R]):
     async def asubmit(self, item: T) -> R:
         """Await the result; cancelling the awaiting task drops the item if it has not started."""
         return await asyncio.wrap_future(self.submit(item))
+
+    def _full(self, cost: float) -> bool:
+        if self._pending >= self.max_queue:
+            return True
+        limit = self.max_queue_cost
+        return bool(limit and self._pending and self._pending_cost + cost > limit)
 
     @property
     def queue_depth(self) -> int:
@@ -151,7 +164,7 @@ class MicroBatcher(Generic[T, R]):
             with self._cond:
                 leftovers = [e for lane in self._lanes.values() for e in lane]
                 self._lanes.clear()
-                self._pending = 0
+                self._pending, self._pending_cost = 0, 0.0
             for e in leftovers:
                 _settle(e.future, Failure(BatcherClosed("MicroBatcher closed before this item ran")))
 
@@ -169,6 +182,7 @@ class MicroBatcher(Generic[T, R]):
                 if not lane:
                     del self._lanes[entry.lane]
             self._pending -= 1
+            self._pending_cost -= entry.cost
             self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -206,6 +220,7 @@ class MicroBatcher(Generic[T, R]):
                     if not entries:
                         del self._lanes[lane]
                     self._pending -= take
+                    self._pending_cost -= sum(e.cost for e in batch)
                     self._cond.notify_all()  # room for waiting submitters
                     return batch
                 self._cond.wait(due - now)
@@ -273,6 +288,7 @@ class ServiceConfig:
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
     warmup: bool = True  # run the pipeline before the first request (see `warmup_batch_sizes`)
     max_queue: int = 64  # requests allowed to wait; more are refused with ServiceBusy (HTTP 503)
+    max_queued_megapixels: float = 400.0  # summed (1 + MPix) of waiting images (~3 MB of RGB per MPix)
     max_pixels: int = 50_000_000  # per request; larger images are refused with ResourceError (HTTP 413)
     max_batch_megapixels: float = 64.0  # a batch's summed cost (1 + megapixels per image)
     size_classes_mp: tuple[float, ...] = field(default=(1.0, 4.0, 16.0))  # lane boundaries in MPix
@@ -323,6 +339,7 @@ class SelfSegService:
             cost_fn=lambda image: 1.0 + image_megapixels(image),
             lane_fn=self.size_class,
             max_batch_cost=opts.max_batch_megapixels,
+            max_queue_cost=opts.max_queued_megapixels,
         )
 
     def size_class(self, image: LoadedImage) -> int:

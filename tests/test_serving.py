@@ -224,6 +224,22 @@ def test_bounded_queue_refuses_with_service_busy() -> None:
     batcher.close()
 
 
+def test_queued_cost_is_bounded_too() -> None:
+    gate = threading.Event()
+    batcher = MicroBatcher(
+        lambda items: (gate.wait(5), items)[1], max_batch=1, max_wait_ms=0, cost_fn=float, max_queue_cost=10
+    )
+    running = batcher.submit(100)  # an empty queue always takes one item, whatever its cost
+    time.sleep(0.05)
+    waiting = [batcher.submit(6), batcher.submit(4)]
+    with pytest.raises(ServiceBusy, match="cost"):
+        batcher.submit(1)  # 6 + 4 + 1 > 10
+    gate.set()
+    assert [f.result(5) for f in (running, *waiting)] == [100, 6, 4]
+    assert batcher(9, timeout=5) == 9
+    batcher.close()
+
+
 def test_a_small_request_does_not_wait_behind_a_large_one() -> None:
     # issue 13.3: a small request took 11.5 s behind a 3000x3000 one. Cost = seconds of work / 0.02.
     def work(items: list[float]) -> list[float]:
