@@ -117,3 +117,65 @@ def test_pictures_are_written_on_request(tmp_path, fake_pipeline):
     run_labelling(iter_image_paths([root]), root, _cfg(), out, pictures=True)
     files = output_files(out, "p.png")
     assert Image.open(files["overlay"]).height == 40 and Image.open(files["clusters"]).height == 40
+
+
+KILL_RUNNER = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+import selfseg_fast.pipeline as pipeline_module
+from fake_pipeline import FakePipeline
+
+class Slow(FakePipeline):
+    def segment(self, images, names):
+        time.sleep(0.15)
+        return super().segment(images, names)
+
+pipeline_module.SelfSegPipeline = Slow
+from pathlib import Path
+from selfseg_fast.config import SelfSegConfig
+from selfseg_fast.images import iter_image_paths
+from selfseg_fast.labelling import run_labelling
+
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+run_labelling(iter_image_paths([root]), root, SelfSegConfig().with_overrides({"batch_size": 4}), out)
+"""
+
+
+def test_kill_9_loses_nothing_that_was_written_and_the_rerun_completes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    for i in range(12):
+        _image(root / f"im{i:02d}.png", 30 + i, size=(40, 50))
+    tests_dir = str(Path(__file__).parent)
+    command = [sys.executable, "-c", KILL_RUNNER, str(root), str(out), tests_dir]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.json"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = {p.name for p in out.glob("*.json")}
+    assert 4 <= len(done_before) < 12
+    for record in out.glob("*.json"):  # every file on disk is whole
+        json.loads(record.read_text())
+        assert read_label_png(out / record.name.replace(".json", ".labels.png")).shape == (40, 50)
+    assert subprocess.run(command).returncode == 0
+    assert len(list(out.glob("*.json"))) == 12
+    reference = tmp_path / "reference"
+    command[-2] = str(reference)
+    assert subprocess.run(command).returncode == 0  # an uninterrupted run
+
+    def content(path: Path) -> dict:
+        record = json.loads(path.read_text())
+        record.pop("stage_seconds")  # timings differ from run to run
+        return record
+
+    for record in sorted(reference.glob("*.json")):
+        assert content(out / record.name) == content(record)
+        labels = record.name.replace(".json", ".labels.png")
+        assert (out / labels).read_bytes() == (reference / labels).read_bytes()
