@@ -144,6 +144,9 @@ def create_app(
             return await _segment(request, holder, limits, workers)
         except Refused as refused:
             return _refusal(refused)
+        except Exception as exc:  # a bug: still one line for the client, the traceback in the log
+            log.exception("request failed")
+            return _refusal(Refused(500, f"internal error: {_one_line(exc)}"))
         finally:
             inflight["n"] -= 1
 
