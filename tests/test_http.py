@@ -45,8 +45,10 @@ class FakePipeline:
     def __init__(self) -> None:
         self.gate: threading.Event | None = None
         self.seen: list[int] = []
+        self.entered = False
 
     def run(self, images):
+        self.entered = True
         if self.gate is not None:
             self.gate.wait(10)
         out = []
@@ -68,6 +70,13 @@ class FakePipeline:
         return [None] * len(images)
 
 
+def _until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def _jpeg(value: int = 90, size=(30, 40)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((*size, 3), value, np.uint8)).save(buffer, "PNG")
@@ -83,7 +92,7 @@ def served():
     pipeline = FakePipeline()
     service = SelfSegService(
         SelfSegConfig(),
-        ServiceConfig(warmup=False, max_wait_ms=1, max_queue=4, max_pixels=5_000),
+        ServiceConfig(warmup=False, max_batch=1, max_wait_ms=1, max_queue=4, max_pixels=5_000),
         pipeline=pipeline,
     )
     limits = module.HttpLimits(max_body_bytes=20_000, body_timeout_s=0.6)
@@ -178,17 +187,17 @@ def test_health_answers_while_an_image_is_decoding(served, monkeypatch):
     slow_decode = module.load_image_bytes
 
     def slow(*args, **kwargs):
-        time.sleep(1.5)
+        time.sleep(3.0)
         return slow_decode(*args, **kwargs)
 
     monkeypatch.setattr(module, "load_image_bytes", slow)
     thread = threading.Thread(target=lambda: httpx.post(f"{url}/segment", content=_jpeg(), timeout=20))
     thread.start()
-    time.sleep(0.2)
+    _until(lambda: httpx.get(f"{url}/health").json()["inflight"] == 1)
     start = time.monotonic()
     health = httpx.get(f"{url}/health")
     assert health.status_code == 200 and health.json()["ready"] is True
-    assert time.monotonic() - start < 0.5  # decoding runs on a worker thread
+    assert time.monotonic() - start < 1.5  # decoding (3 s) runs on a worker thread
     thread.join(20)
 
 
@@ -226,7 +235,7 @@ def test_a_full_queue_gets_503_with_retry_after(served):
     ]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    _until(lambda: httpx.get(f"{url}/health").json()["queued"] == 4)  # 1 running + 4 queued (max_queue)
     busy = httpx.post(f"{url}/segment", content=_jpeg())
     assert busy.status_code == 503 and busy.headers["retry-after"] and "busy" in busy.json()["detail"]
     pipeline.gate.set()
@@ -240,14 +249,14 @@ def test_a_client_that_leaves_loses_its_queued_request(served):
     pipeline.gate = threading.Event()
     first = threading.Thread(target=lambda: httpx.post(f"{url}/segment", content=_jpeg(90), timeout=20))
     first.start()
-    time.sleep(0.3)  # the first batch is held inside the pipeline
+    _until(lambda: pipeline.entered)  # the first batch is held inside the pipeline
     body = _jpeg(77)
     head = f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(head + body)
-        time.sleep(0.3)  # decoded and queued
-    time.sleep(0.3)  # the server notices the disconnect
+        _until(lambda: httpx.get(f"{url}/health").json()["queued"] == 1)  # decoded and queued
+    _until(lambda: httpx.get(f"{url}/health").json()["queued"] == 0)  # dropped once the client left
     pipeline.gate.set()
     first.join(20)
     assert httpx.post(f"{url}/segment", content=_jpeg(91)).status_code == 200

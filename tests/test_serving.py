@@ -19,6 +19,13 @@ from selfseg_fast.isolation import Failure, run_isolated
 from selfseg_fast.serving import BatcherClosed, MicroBatcher, SelfSegService, ServiceBusy, ServiceConfig
 
 
+def _drained(batcher: MicroBatcher, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while batcher.queue_depth and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert batcher.queue_depth == 0
+
+
 def test_concurrent_requests_are_grouped_and_answered_in_order() -> None:
     calls: list[list[int]] = []
 
@@ -97,7 +104,7 @@ def test_a_request_cancelled_while_queued_is_dropped_unrun() -> None:
 
     batcher = MicroBatcher(fn, max_batch=1, max_wait_ms=0)
     first = batcher.submit("first")
-    time.sleep(0.05)  # the worker is inside fn with "first"
+    _drained(batcher)  # the worker has taken the first item
     queued = batcher.submit("queued")
     assert batcher.queue_depth == 1
     assert queued.cancel()
@@ -120,7 +127,7 @@ def test_asyncio_cancellation_drops_the_queued_item() -> None:
 
     batcher = MicroBatcher(fn, max_batch=1, max_wait_ms=0)
     blocker = batcher.submit("blocker")
-    time.sleep(0.05)
+    _drained(batcher)  # the worker has taken the first item
 
     async def cancel_one() -> None:
         task = asyncio.ensure_future(batcher.asubmit("abandoned"))
@@ -210,7 +217,7 @@ def test_bounded_queue_refuses_with_service_busy() -> None:
     gate = threading.Event()
     batcher = MicroBatcher(lambda items: (gate.wait(5), items)[1], max_batch=1, max_wait_ms=0, max_queue=2)
     running = batcher.submit(0)
-    time.sleep(0.05)
+    _drained(batcher)  # the worker has taken the first item
     queued = [batcher.submit(1), batcher.submit(2)]
     with pytest.raises(ServiceBusy, match="busy"):
         batcher.submit(3)
@@ -230,7 +237,7 @@ def test_queued_cost_is_bounded_too() -> None:
         lambda items: (gate.wait(5), items)[1], max_batch=1, max_wait_ms=0, cost_fn=float, max_queue_cost=10
     )
     running = batcher.submit(100)  # an empty queue always takes one item, whatever its cost
-    time.sleep(0.05)
+    _drained(batcher)  # the worker has taken the first item
     waiting = [batcher.submit(6), batcher.submit(4)]
     with pytest.raises(ServiceBusy, match="cost"):
         batcher.submit(1)  # 6 + 4 + 1 > 10
@@ -249,7 +256,7 @@ def test_a_small_request_does_not_wait_behind_a_large_one() -> None:
     batcher = MicroBatcher(work, max_batch=8, max_wait_ms=5, cost_fn=lambda c: c, lane_fn=lambda c: c >= 10)
     assert batcher(1.0, timeout=5) == 1.0  # learns seconds per cost unit
     running = batcher.submit(10.0)  # 0.2 s
-    time.sleep(0.05)
+    _drained(batcher)  # the worker has taken the first item
     big = batcher.submit(50.0)  # 1 s
     t0 = time.monotonic()
     small = batcher.submit(1.0)  # 0.02 s
@@ -272,7 +279,7 @@ def test_batch_cost_cap_splits_batches() -> None:
 
     batcher = MicroBatcher(fn, max_batch=8, max_wait_ms=0, cost_fn=float, max_batch_cost=10)
     first = batcher.submit(1)
-    time.sleep(0.05)
+    _drained(batcher)  # the worker has taken the first item
     futures = [batcher.submit(x) for x in (6, 6, 3)]
     gate.set()
     assert [f.result(5) for f in futures] == [6, 6, 3] and first.result(5) == 1
