@@ -1,37 +1,160 @@
-"""Load test of the HTTP example (examples/serve_http.py): p50/p99 latency and images/s per concurrency.
+"""Load test of the HTTP example (examples/serve_http.py): latency, throughput, correctness and memory
+under normal and hostile traffic.
 
-    python benchmarks/load_test.py --weights random-tiny --concurrency 1 4 16 --requests 64
+    python benchmarks/load_test.py --weights random-tiny --concurrency 1 4 16 --requests 32
 
-Starts the server in-process on 127.0.0.1 (a free port), sends a bounded number of requests per
-concurrency level from a thread pool, then malformed requests (empty body, text, truncated JPEG),
-which must get a 4xx with a reason, and checks the server still answers a good request afterwards.
-Traffic goes to the loopback address only.
+1. The expected answers come from the CLI: `selfseg-fast segment IMAGES --out DIR` (same config) on the
+   test images, in its own process.
+2. The server runs in its own process (`python examples/serve_http.py ...`); the clients run here, so
+   they never share the server's interpreter or GIL. The server's resident memory (RSS, from /proc) is
+   sampled every 50 ms throughout.
+3. Per concurrency level: N requests from C client threads; every 200 answer is compared with the CLI's
+   (names, pixel shares, label map); latency percentiles are nearest-rank values of the measured
+   requests (p99 is never extrapolated: with fewer than 100 requests it is the slowest one).
+4. Hostile traffic, each case with the status it must get, then a good request that must still be
+   answered correctly: empty body, text, truncated PNG, a decompression bomb (PNG header of
+   100000 x 100000), a body over the cap announced by Content-Length (refused before it is sent), a
+   chunked body over the cap, an invalid Content-Length, multipart uploads (with and without a file
+   part), a body that never finishes (408), slowloris connections trickling their headers while good
+   requests run, and clients that disconnect right after sending (their requests are dropped).
+Traffic goes to the loopback address only. Exit code 0 when every check holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import io
 import json
+import os
+import shutil
 import socket
-import statistics
+import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+ROOT = Path(__file__).resolve().parents[1]
 
-from serve_http import create_app  # noqa: E402
 
-from selfseg_fast.config import SelfSegConfig  # noqa: E402
-from selfseg_fast.serving import SelfSegService, ServiceConfig  # noqa: E402
+# ---- measurement helpers ------------------------------------------------------------------------------
+def nearest_rank(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) as the nearest-rank value of `values`: always one of the measured values,
+    never beyond the largest (statistics.quantiles extrapolates)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, int(np.ceil(q * len(ordered))))
+    return ordered[rank - 1]
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a process (Linux /proc), or None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class MemorySampler:
+    """Samples a process's RSS every `interval` s on a thread; `.peak`, `.samples`."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = rss_bytes(self.pid)
+            if value is not None:
+                self.samples.append((time.monotonic(), value))
+            self._stop.wait(self.interval)
+
+    def peak_since(self, start: float) -> int:
+        return max((v for t, v in self.samples if t >= start), default=0)
+
+    def last(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header announces width x height pixels (decoding it would need ~30 GB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_images(folder: Path, count: int) -> list[Path]:
+    """`count` photos-like PNGs of a few sizes (two colour regions and noise), written to `folder`."""
+    rng = np.random.default_rng(0)
+    sizes = [(240, 320), (375, 500), (480, 640), (320, 240)]
+    paths = []
+    for i in range(count):
+        h, w = sizes[i % len(sizes)]
+        rgb = np.empty((h, w, 3), np.uint8)
+        rgb[: h // 2] = rng.integers(0, 256, 3)
+        rgb[h // 2 :] = rng.integers(0, 256, 3)
+        rgb = np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+        path = folder / f"img{i}.png"
+        Image.fromarray(rgb).save(path)
+        paths.append(path)
+    return paths
+
+
+# ---- the CLI's answers and the server -----------------------------------------------------------------
+def config_args(args: argparse.Namespace) -> list[str]:
+    out = ["--weights", args.weights, "--preset", args.preset]
+    for item in args.set:
+        out += ["--set", item]
+    if args.engine:
+        out += ["--engine", args.engine]
+    return out
+
+
+def cli_answers(paths: list[Path], args: argparse.Namespace, workdir: Path) -> dict[str, dict]:
+    """{image bytes sha: {"names", "shares", "labels"}} from `selfseg-fast segment --out`."""
+    out = workdir / "cli"
+    command = [sys.executable, "-m", "selfseg_fast.cli", "segment", *map(str, paths), "--out", str(out)]
+    subprocess.run(command + config_args(args), check=True, stdout=subprocess.DEVNULL)
+    from selfseg_fast.label_maps import read_label_png
+
+    answers = {}
+    for path in paths:
+        record = json.loads((out / f"{path.name}.json").read_text())
+        labels = read_label_png(out / f"{path.name}.labels.png")
+        answers[path.read_bytes()] = {"names": record["names"], "shares": record["shares"], "labels": labels}
+    return answers
 
 
 def free_port() -> int:
@@ -40,72 +163,217 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(service: SelfSegService, port: int):
-    import uvicorn
+def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen:
+    command = [
+        sys.executable, str(ROOT / "examples" / "serve_http.py"), "--port", str(port),
+        "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
+        "--max-body-mb", str(args.max_body_mb), "--body-timeout", str(args.body_timeout),
+        *config_args(args),
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error")
+
+def wait_ready(url: str, server: subprocess.Popen, timeout: float = 900) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with code {server.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server not ready in time")
+
+
+# ---- checks ---------------------------------------------------------------------------------------------
+def matches(answer: dict, expected: dict) -> bool:
+    from selfseg_fast.label_maps import read_label_png
+
+    labels = read_label_png(io.BytesIO(base64.b64decode(answer["mask_png_base64"])))
+    shares_ok = answer["shares"].keys() == expected["shares"].keys() and all(
+        abs(answer["shares"][k] - v) < 1e-9 for k, v in expected["shares"].items()
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            return server, thread
-        time.sleep(0.05)
-    raise RuntimeError("server did not start")
+    return answer["names"] == expected["names"] and shares_ok and np.array_equal(labels, expected["labels"])
 
 
-def post(url: str, body: bytes, timeout: float = 120.0) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def jpeg_bytes(seed: int, size: tuple[int, int] = (240, 320)) -> bytes:
-    rgb = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def run_level(url: str, concurrency: int, n_requests: int) -> dict:
-    bodies = [jpeg_bytes(i) for i in range(n_requests)]
+def run_level(url: str, bodies: list[bytes], expected: dict, concurrency: int, n_requests: int) -> dict:
     latencies: list[float] = []
+    outcomes = {"ok": 0, "correct": 0, "errors": {}}
+    lock = threading.Lock()
 
-    def one(body: bytes) -> int:
+    def one(i: int) -> None:
+        body = bodies[i % len(bodies)]
         start = time.perf_counter()
-        status, _ = post(url, body)
-        latencies.append(time.perf_counter() - start)
-        return status
+        try:
+            response = httpx.post(f"{url}/segment", content=body, timeout=600)
+            status = response.status_code
+        except httpx.HTTPError as exc:
+            status, response = type(exc).__name__, None
+        elapsed = time.perf_counter() - start
+        with lock:
+            latencies.append(elapsed)
+            if status == 200:
+                outcomes["ok"] += 1
+                outcomes["correct"] += matches(response.json(), expected[body])
+            else:
+                outcomes["errors"][str(status)] = outcomes["errors"].get(str(status), 0) + 1
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        statuses = list(pool.map(one, bodies))
+        list(pool.map(one, range(n_requests)))
     wall = time.perf_counter() - start
-    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return {
         "concurrency": concurrency,
         "requests": n_requests,
-        "ok": sum(s == 200 for s in statuses),
-        "p50_ms": 1000 * cuts[49],
-        "p99_ms": 1000 * cuts[98],
+        **outcomes,
+        "p50_ms": 1000 * nearest_rank(latencies, 0.50),
+        "p90_ms": 1000 * nearest_rank(latencies, 0.90),
+        "p99_ms": 1000 * nearest_rank(latencies, 0.99),
+        "max_ms": 1000 * max(latencies),
         "images_per_s": n_requests / wall,
     }
 
 
-def malformed_checks(url: str) -> list[dict]:
-    good = jpeg_bytes(0)
-    cases = {"empty body": b"", "text": b"hello, not an image", "truncated jpeg": good[: len(good) // 3]}
-    out = []
-    for name, body in cases.items():
-        status, payload = post(url, body)
-        out.append({"case": name, "status": status, "reason": payload.get("detail")})
-    status, _ = post(url, good)
-    out.append({"case": "good request after the bad ones", "status": status, "reason": None})
-    return out
+def raw_request(url: str, head: bytes, body: bytes = b"", wait: float = 30.0) -> tuple[int | str, float]:
+    host, port = url.removeprefix("http://").split(":")
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, int(port)), timeout=wait) as sock:
+            sock.sendall(head + body)
+            data = sock.recv(4096)
+        return int(data.split(b" ", 2)[1]), time.monotonic() - start
+    except (OSError, IndexError, ValueError) as exc:
+        return type(exc).__name__, time.monotonic() - start
+
+
+def hostile_cases(url: str, good: bytes, expected: dict, args: argparse.Namespace) -> list[dict]:
+    cap = int(args.max_body_mb * 2**20)
+    cases: list[dict] = []
+
+    def post(name: str, want: set[int], **kwargs) -> None:
+        start = time.monotonic()
+        try:
+            response = httpx.post(f"{url}/segment", timeout=120, **kwargs)
+            status, detail = response.status_code, response.json().get("detail") if response.content else None
+            correct = matches(response.json(), expected[good]) if status == 200 else None
+        except httpx.HTTPError as exc:
+            status, detail, correct = type(exc).__name__, None, None
+        cases.append(_case(name, want, status, detail, time.monotonic() - start, correct))
+
+    post("empty body", {400}, content=b"")
+    post("text", {415}, content=b"hello, not an image")
+    post("truncated PNG", {400}, content=good[: len(good) // 3])
+    post("decompression bomb (100000 x 100000 PNG header)", {413}, content=png_bomb())
+    post("multipart upload (-F file=@x.png)", {200}, files={"file": ("x.png", good, "image/png")})
+    post("multipart without a file part", {400, 415}, data={"note": "no file"}, files={"a": ("", b"")})
+
+    def chunked():
+        for _ in range(cap // 65536 + 2):
+            yield b"\0" * 65536
+
+    post("chunked body over the cap", {413}, content=chunked())
+    status, seconds = raw_request(
+        url, f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: {10 * cap}\r\n\r\n".encode()
+    )
+    cases.append(_case("Content-Length over the cap (body never sent)", {413}, status, None, seconds))
+    status, seconds = raw_request(url, b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    cases.append(_case("invalid Content-Length", {400}, status, None, seconds))
+    status, seconds = raw_request(
+        url,
+        b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        b"x" * 10,
+        args.body_timeout + 30,
+    )
+    cases.append(
+        _case(f"body never finished ({args.body_timeout:.0f} s timeout)", {408}, status, None, seconds)
+    )
+    cases.append(slowloris(url, good, expected, connections=args.slowloris))
+    cases.append(cancelled(url, good, expected, clients=args.cancelled))
+    post("good request after all of the above", {200}, content=good)
+    return cases
+
+
+def _case(name, want, status, detail, seconds, correct=None) -> dict:
+    passed = status in want and correct is not False
+    return {"case": name, "want": sorted(want), "status": status, "detail": detail, "seconds": seconds,
+            "correct": correct, "passed": passed}  # fmt: skip
+
+
+def slowloris(url: str, good: bytes, expected: dict, connections: int) -> dict:
+    """`connections` sockets trickle header bytes while 4 good requests run; those must be answered."""
+    host, port = url.removeprefix("http://").split(":")
+    socks, stop = [], threading.Event()
+    for _ in range(connections):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+
+    def trickle() -> None:
+        while not stop.wait(0.5):
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-a: b\r\n")
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    responses = [httpx.post(f"{url}/segment", content=good, timeout=600) for _ in range(4)]
+    seconds = time.monotonic() - start
+    stop.set()
+    thread.join()
+    for sock in socks:
+        sock.close()
+    ok = all(r.status_code == 200 and matches(r.json(), expected[good]) for r in responses)
+    return _case(f"{connections} slowloris connections; 4 good requests meanwhile", {200},
+                 200 if ok else "failed", None, seconds, ok)  # fmt: skip
+
+
+def cancelled(url: str, good: bytes, expected: dict, clients: int) -> dict:
+    """`clients` send a full request and disconnect at once; the server must stay correct and alive."""
+    body = good
+    head = f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    host, port = url.removeprefix("http://").split(":")
+    for _ in range(clients):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(head + body)
+    start = time.monotonic()
+    response = httpx.post(f"{url}/segment", content=good, timeout=600)
+    ok = response.status_code == 200 and matches(response.json(), expected[good])
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    name = f"{clients} clients disconnect right after sending; then a good request"
+    detail = f"queued after: {health['queued']}"
+    return _case(name, {200}, response.status_code, detail, time.monotonic() - start, ok)
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+def report(levels: list[dict], cases: list[dict], memory: dict, setup: dict) -> str:
+    lines = [
+        f"server: {setup['engine']}, weights {setup['weights']}, preset {setup['preset']}, max batch "
+        f"{setup['max_batch']}; ready after {setup['ready_s']:.1f} s; {setup['images']} distinct test images",
+        "",
+        "| concurrency | requests | 200 | correct vs CLI | p50 ms | p90 ms | p99 ms | max ms | images/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in levels:
+        lines.append(
+            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {r['correct']} | {r['p50_ms']:.0f} | "
+            f"{r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['images_per_s']:.2f} |"
+        )
+    lines += ["", "| hostile case | want | got | s | ok |", "|---|---|---|---|---|"]
+    for c in cases:
+        lines.append(
+            f"| {c['case']} | {'/'.join(map(str, c['want']))} | {c['status']} | {c['seconds']:.2f} | "
+            f"{'yes' if c['passed'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"server RSS: {memory['ready_mb']:.0f} MB when ready, peak {memory['load_peak_mb']:.0f} MB under "
+        f"load, peak {memory['hostile_peak_mb']:.0f} MB during the hostile cases, {memory['end_mb']:.0f} MB "
+        "at the end",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,35 +382,68 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--weights", default="random-tiny", choices=["pretrained", "random", "random-tiny"])
     parser.add_argument("--preset", default="voc")
+    parser.add_argument("--engine", choices=["reference", "fast"], default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument("--images", type=int, default=4, help="distinct test images")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--max-body-mb", type=float, default=8.0)
+    parser.add_argument("--body-timeout", type=float, default=5.0)
+    parser.add_argument("--slowloris", type=int, default=50, help="slow header connections")
+    parser.add_argument("--cancelled", type=int, default=8, help="clients that disconnect after sending")
+    parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args(argv)
 
-    cfg = SelfSegConfig.from_preset(args.preset).with_overrides({"weights": args.weights})
-    service = SelfSegService(cfg, ServiceConfig(max_batch=args.max_batch))
-    port = free_port()
-    server, thread = start_server(service, port)
-    url = f"http://127.0.0.1:{port}/segment"
+    workdir = Path(tempfile.mkdtemp(prefix="selfseg-load-"))
     try:
-        levels = [run_level(url, c, args.requests) for c in args.concurrency]
-        bad = malformed_checks(url)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        service.close()
-    print("| concurrency | requests | ok | p50 ms | p99 ms | images/s |")
-    print("|---|---|---|---|---|---|")
-    for r in levels:
-        print(
-            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['images_per_s']:.2f} |"
+        paths = test_images(workdir, args.images)
+        expected = cli_answers(paths, args, workdir)
+        bodies = [p.read_bytes() for p in paths]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start_server(args, port, workdir / "server.log")
+        try:
+            with MemorySampler(server.pid) as memory:
+                ready_s = wait_ready(url, server)
+                ready_mb = memory.last() / 2**20
+                start = time.monotonic()
+                levels = [run_level(url, bodies, expected, c, args.requests) for c in args.concurrency]
+                load_peak = memory.peak_since(start)
+                start = time.monotonic()
+                cases = hostile_cases(url, bodies[0], expected, args)
+                hostile_peak = memory.peak_since(start)
+                alive = server.poll() is None
+            health = httpx.get(f"{url}/health", timeout=10).json() if alive else {}
+        finally:
+            server.terminate()
+            server.wait(30)
+        mb = 2**20
+        mem = {"ready_mb": ready_mb, "load_peak_mb": load_peak / mb, "hostile_peak_mb": hostile_peak / mb,
+               "end_mb": memory.last() / mb}  # fmt: skip
+        setup = {"engine": health.get("engine"), "weights": args.weights, "preset": args.preset,
+                 "max_batch": args.max_batch, "ready_s": ready_s, "images": len(paths)}  # fmt: skip
+        print(report(levels, cases, mem, setup))
+        if args.json:
+            from selfseg_fast.provenance import provenance
+
+            results = {
+                "provenance": provenance(),
+                "setup": setup,
+                "levels": levels,
+                "hostile": cases,
+                "memory": mem,
+            }
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        good = all(r["ok"] == r["correct"] == r["requests"] for r in levels) and all(
+            c["passed"] for c in cases
         )
-    for r in bad:
-        print(f"{r['case']}: HTTP {r['status']} {r['reason'] or ''}")
-    healthy = all(400 <= r["status"] < 500 for r in bad[:-1]) and bad[-1]["status"] == 200
-    return 0 if healthy and all(r["ok"] == r["requests"] for r in levels) else 1
+        return 0 if good and alive else 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

@@ -19,17 +19,19 @@ from selfseg_fast.errors import SelfSegError
 
 
 class _PipelineActor:
-    """Ray Data callable class: loads the pipeline once, labels a batch of paths per call."""
+    """Ray Data callable class: loads the pipeline once, labels a batch of paths per call (one record
+    per path: a failing image is its own error record and never fails the batch)."""
 
-    def __init__(self, cfg_dict: dict) -> None:
+    def __init__(self, cfg_dict: dict, pictures: bool = False) -> None:
         from selfseg_fast.pipeline import SelfSegPipeline
 
         self.pipeline = SelfSegPipeline(from_dict(cfg_dict))
+        self.pictures = pictures
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from selfseg_fast.labelling import label_batch
+        from selfseg_fast.label_records import label_records
 
-        records = label_batch(self.pipeline, [str(p) for p in batch["path"]])
+        records = [r for _, r in label_records(self.pipeline, [str(p) for p in batch["path"]], self.pictures)]
         return {"index": batch["index"], "record": np.array(records, dtype=object)}
 
 
@@ -56,9 +58,10 @@ def init_ray(address: str) -> int:
 
 
 def label_with_ray(
-    paths: list[str], cfg: SelfSegConfig, address: str, actors: int | None = None
-) -> Iterator[dict]:
-    """Records for `paths` (input order), computed by Ray actors; see `labelling.label_batch`."""
+    paths: list[str], cfg: SelfSegConfig, address: str, actors: int | None = None, *, pictures: bool = False
+) -> Iterator[tuple[int, dict]]:
+    """(index into `paths`, record) as each batch finishes on the Ray actors (any order), so the caller
+    writes results while the cluster works; see `label_records.label_records`."""
     import ray.data
 
     gpus = init_ray(address)
@@ -66,15 +69,14 @@ def label_with_ray(
     dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
     labelled = dataset.map_batches(
         _PipelineActor,
-        fn_constructor_args=(cfg.to_dict(),),
+        fn_constructor_args=(cfg.to_dict(), pictures),
         batch_size=max(1, cfg.batch_size),
         concurrency=n_actors,
         num_gpus=1 if gpus else 0,
         batch_format="numpy",
     )
-    rows = sorted(labelled.take_all(), key=lambda row: int(row["index"]))
-    for row in rows:
-        yield row["record"]
+    for row in labelled.iter_rows():
+        yield int(row["index"]), row["record"]
 
 
 # ---- bench: precompute with Ray Data, then score in the ordinary resumable loop --------------------------
@@ -89,24 +91,19 @@ class _DescribeSegmentActor:
         self.segment = segment
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from selfseg_fast.errors import ImageError
-        from selfseg_fast.images import load_image
+        from selfseg_fast.per_image import segment_paths
 
         results, maps = [], []
-        for path in batch["path"]:
-            try:
-                image = load_image(str(path))
-            except ImageError:
-                results.append(None)
-                maps.append(None)
-                continue
-            (described,) = self.pipeline.describe([image])
-            label_map = None
-            if self.segment:
-                (label_map,) = self.pipeline.segment([image], [list(described.nouns)])
-                label_map = label_map.astype(np.int32)
-            results.append(described)
-            maps.append(label_map)
+        paths = [str(p) for p in batch["path"]]
+        if self.segment:
+            for outcome in segment_paths(self.pipeline, paths):  # a failing image never fails the batch
+                results.append(outcome.description if outcome.ok else None)
+                maps.append(outcome.label_map.astype(np.int32) if outcome.ok else None)
+        else:
+            from selfseg_fast.per_image import describe_paths
+
+            results = list(describe_paths(self.pipeline, paths))
+            maps = [None] * len(results)
         return {
             "index": batch["index"],
             "result": np.array(results, dtype=object),

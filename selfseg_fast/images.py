@@ -15,21 +15,34 @@ Conversions (what a user gets, and why):
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import stat
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from struct import error as struct_error
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from selfseg_fast.errors import ImageError
+from selfseg_fast.errors import ImageError, ResourceError, SelfSegError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
 DEFAULT_MAX_PIXELS = 2 * 89_478_485  # twice Pillow's DecompressionBombWarning threshold
+
+log = logging.getLogger(__name__)
+
+
+class ImageTooLargeError(ImageError, ResourceError):
+    """An image over the pixel limit: an input problem (ImageError) and a refused budget (ResourceError,
+    which services answer with 413)."""
 
 
 @dataclass
@@ -42,53 +55,170 @@ class LoadedImage:
     original_size: tuple[int, int]  # (W, H) as stored in the file, before EXIF rotation
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """A file name safe to print on one line: control characters (newline, tab, ...) and undecodable
+    bytes are shown as escapes (`a\\nb.png`), everything printable (accents too) as is."""
+    text = os.fspath(path)
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def max_pixels() -> int:
-    return int(os.environ.get("SELFSEG_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """SELFSEG_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
+    raw = os.environ.get("SELFSEG_MAX_PIXELS")
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise SelfSegError(
+            f"SELFSEG_MAX_PIXELS={raw!r}: expected a number of pixels, e.g. 300000000"
+        ) from None
+    if value < 1:
+        raise SelfSegError(f"SELFSEG_MAX_PIXELS={raw!r}: must be at least 1")
+    return value
 
 
 def load_image(path: str | os.PathLike, *, limit_pixels: int | None = None) -> LoadedImage:
     """Read `path` into a `LoadedImage`; any failure raises `ImageError` naming the file."""
     path = Path(path)
-    limit = max_pixels() if limit_pixels is None else limit_pixels
-    if not path.exists():
-        raise ImageError("no such file (check the path)", path=str(path))
-    if path.is_dir():
-        raise ImageError(
-            "is a folder, not an image (pass the folder to read every image in it)", path=str(path)
-        )
-    if path.stat().st_size == 0:
-        raise ImageError("empty file (0 bytes)", path=str(path))
+    shown = display_path(path)
+    _check_file(path, shown)
+    return _decode(path, shown, str(path), limit_pixels)
+
+
+def load_image_bytes(data: bytes, name: str = "upload", *, limit_pixels: int | None = None) -> LoadedImage:
+    """Like `load_image`, for an image held in memory (an HTTP upload); `name` appears in errors."""
+    shown = display_path(name)
+    if not data:
+        raise ImageError("empty upload (0 bytes)", path=shown)
+    return _decode(io.BytesIO(data), shown, name, limit_pixels)
+
+
+def _check_file(path: Path, shown: str) -> None:
+    """Missing, dangling, folder, FIFO/socket/device and empty files, each with its own line (a FIFO
+    must never reach Pillow: opening it would block until someone writes to it)."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > limit:
-                raise ImageError(
-                    f"{width}x{height} = {width * height / 1e6:.0f} MPix exceeds the "
-                    f"{limit / 1e6:.0f} MPix limit (possible decompression bomb; "
-                    "set SELFSEG_MAX_PIXELS to allow)",
-                    path=str(path),
-                )
-            mode = image.mode
-            image.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            target = display_path(os.readlink(path))
+            raise ImageError(f"dangling symbolic link (points to {target})", path=shown) from None
+        raise ImageError("no such file (check the path)", path=shown) from None
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}", path=shown) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError("is a folder, not an image (pass the folder to read every image in it)", path=shown)
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device"
+        )
+        raise ImageError(f"not a regular file ({kind}); only image files can be read", path=shown)
+    if info.st_size == 0:
+        raise ImageError("empty file (0 bytes)", path=shown)
+
+
+def _decode(source: Path | BinaryIO, shown: str, path_text: str, limit_pixels: int | None) -> LoadedImage:
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    _let_pillow_allow(limit)
+    with _warnings_as_lines(shown):
+        try:
+            with Image.open(source) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise ImageTooLargeError(
+                        f"{width}x{height} = {width * height / 1e6:.0f} MPix exceeds the "
+                        f"{limit / 1e6:.0f} MPix limit (possible decompression bomb; "
+                        "set SELFSEG_MAX_PIXELS to allow)",
+                        path=shown,
+                    )
+                mode = image.mode
+                image.seek(0)
                 image.load()
                 upright = ImageOps.exif_transpose(image)
-            rgb = to_rgb8(upright)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read (unknown or corrupt format)", path=str(path)) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"refused as a decompression bomb ({exc})", path=str(path)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = (
-            "truncated or corrupt file"
-            if "truncated" in str(exc).lower() or "broken" in str(exc).lower()
-            else str(exc)
-        )
-        raise ImageError(f"cannot decode: {reason}", path=str(path)) from None
-    return LoadedImage(str(path), rgb, mode, (width, height))
+                rgb = to_rgb8(upright)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError("not an image Pillow can read (unknown or corrupt format)", path=shown) from None
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"refused as a decompression bomb ({exc})", path=shown) from None
+        except MemoryError:
+            raise ImageTooLargeError("not enough memory to decode this image", path=shown) from None
+        except (OSError, SyntaxError, ValueError, TypeError, IndexError, struct_error) as exc:
+            reason = (
+                "truncated or corrupt file"
+                if "truncated" in str(exc).lower() or "broken" in str(exc).lower()
+                else f"{type(exc).__name__}: {exc}"
+            )
+            raise ImageError(f"cannot decode: {reason}", path=shown) from None
+    return LoadedImage(path_text, rgb, mode, (width, height))
+
+
+# ---- Pillow's own bomb check and warnings ----------------------------------------------------------------
+def _let_pillow_allow(limit: int) -> None:
+    """Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS on its own, before our check: raise its
+    threshold (never lower it) so that SELFSEG_MAX_PIXELS above Pillow's default takes effect. Our own
+    check, which runs first on the header's size, stays the limit."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and 2 * current < limit:
+        Image.MAX_IMAGE_PIXELS = (limit + 1) // 2
+
+
+_local = threading.local()
+_hook_lock = threading.Lock()
+
+
+class _warnings_as_lines:
+    """Warnings raised while decoding one file (Pillow's corrupt-EXIF or palette notes, numpy overflow
+    in a float image) become one log line each, naming the file: `FILE: UserWarning: text`.
+
+    Thread-safe without `warnings.catch_warnings` (which swaps process-wide state and is not): a
+    `showwarning` wrapper, installed once, sends warnings raised on a thread that is decoding to that
+    thread's list and everything else to the previous handler; an appended filter makes Pillow's and
+    this module's warnings "always" shown (instead of once per code location), so every file reports
+    its own. Filters set earlier (e.g. a user's "ignore") still win."""
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+
+    def __enter__(self) -> None:
+        _install_hook()
+        self.outer = getattr(_local, "sink", None)
+        _local.sink = []
+
+    def __exit__(self, *exc) -> None:
+        caught, _local.sink = _local.sink, self.outer
+        for category, message in caught:
+            if category is Image.DecompressionBombWarning:
+                continue  # our own limit decides
+            log.warning("%s: %s: %s", self.shown, category.__name__, " ".join(str(message).split()))
+
+
+def _install_hook() -> None:
+    if getattr(warnings.showwarning, "_selfseg_route", False):
+        return
+    with _hook_lock:
+        if getattr(warnings.showwarning, "_selfseg_route", False):
+            return
+        previous = warnings.showwarning
+
+        def route(message, category, filename, lineno, file=None, line=None):
+            sink = getattr(_local, "sink", None)
+            if sink is not None:
+                sink.append((category, message))
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        route._selfseg_route = True  # type: ignore[attr-defined]
+        warnings.showwarning = route
+        for module in (r"PIL(\..*)?", r"selfseg_fast\.images"):
+            warnings.filterwarnings("always", module=module, append=True)
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -116,24 +246,63 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def iter_image_paths(args: Iterable[str | os.PathLike]) -> list[Path]:
+def iter_image_paths(
+    args: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
     """Expand CLI arguments: files as given (even odd extensions: they fail later with a clear line),
     folders to their image files (sorted, recursive). A folder without any image is an error, raised
-    before any work starts (a typo in a folder name should not look like a finished run)."""
+    before any work starts (a typo in a folder name should not look like a finished run).
+
+    Inside folders: symlinked subfolders are followed (each real folder once: a link loop or a second
+    link to a folder already read is reported and skipped); dangling links, FIFOs, sockets and devices
+    with an image extension are kept, so that each gets its one-line error instead of vanishing (a FIFO
+    is never opened). `exclude`: folders to leave out (e.g. an output folder inside the input)."""
+    excluded = {os.path.realpath(e) for e in exclude}
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(_walk_images(path, excluded))
             if not found:
                 raise ImageError(
                     f"no image files in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})",
-                    path=str(path),
+                    path=display_path(path),
                 )
             paths.extend(found)
         else:
             paths.append(path)
     return paths
+
+
+def _walk_images(root: Path, excluded: set[str]) -> Iterable[Path]:
+    seen: dict[str, Path] = {}
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        real = os.path.realpath(folder)
+        if real in excluded:
+            continue
+        if real in seen:
+            log.warning(
+                "%s: skipped: links to %s, which is already read (a symlink loop or a second link)",
+                display_path(folder),
+                display_path(seen[real]),
+            )
+            continue
+        seen[real] = folder
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning(
+                "%s: skipped: cannot list this folder (%s)", display_path(folder), exc.strerror or exc
+            )
+            continue
+        for entry in entries:
+            entry_path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=True):
+                pending.append(entry_path)
+            elif entry_path.suffix.lower() in IMAGE_EXTENSIONS:
+                yield entry_path  # regular files, and dangling links / FIFOs that will fail by name
 
 
 def load_images(paths: Iterable[str | os.PathLike]) -> list[LoadedImage | ImageError]:

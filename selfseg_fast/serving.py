@@ -1,23 +1,41 @@
 """Embedding selfseg-fast in a service: a load-once segmenter with thread-safe micro-batching.
 
-`MicroBatcher` groups concurrent requests into one batch (up to `max_batch` items, or whatever
-arrived within `max_wait_ms` of the first) and runs it on a single worker thread, the one owner of
-the GPU. Callers block on `__call__`, hold a `Future` from `submit`, or `await` `asubmit`.
-A failing batch is retried item by item, so one bad request never fails its neighbours.
+`MicroBatcher` groups concurrent requests into batches and runs them on a single worker thread, the
+one owner of the GPU. Callers block on `__call__`, hold a `Future` from `submit`, or `await` `asubmit`.
+What it guarantees:
+- **Every accepted request is answered**: with its result or its own exception. A request cancelled
+  while it waits is dropped without running; the worker survives any exception the batch function
+  raises, `BaseException`s included; `close()` finishes everything it accepted (submission and close
+  are serialised by one lock, so nothing slips in behind the stop).
+- **Bounded queue**: at most `max_queue` requests, and at most `max_queue_cost` of summed cost, wait;
+  beyond that `submit` raises `ServiceBusy` (a service answers 503 + Retry-After) instead of growing
+  memory without limit (one item is always accepted into an empty queue, whatever its cost).
+- **No head-of-line blocking**: requests are queued in lanes by size class (`lane_fn`) and a batch never
+  mixes lanes or exceeds `max_batch_cost` (`cost_fn`); the next batch is the one with the least
+  estimated run time minus how long its oldest request has waited (shortest job first with ageing, the
+  seconds per cost unit learnt from finished batches), so a small request does not wait behind a queue
+  of large ones, and a large one waits at most about its own run time longer.
+- **A failed batch is bisected** (`selfseg_fast.isolation`): good items are answered from the half that
+  succeeds, the failing item gets its own exception; an interrupt fails the batch without retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import logging
+import math
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
+
+from selfseg_fast.errors import ResourceError, SelfSegError
+from selfseg_fast.isolation import Failure, run_isolated
 
 if TYPE_CHECKING:  # the batcher itself needs none of the model code
     from selfseg_fast.config import SelfSegConfig
@@ -27,133 +45,341 @@ if TYPE_CHECKING:  # the batcher itself needs none of the model code
 T = TypeVar("T")
 R = TypeVar("R")
 
-_STOP = object()
+log = logging.getLogger(__name__)
+
+
+class ServiceBusy(SelfSegError):
+    """The request queue is full: try again shortly (HTTP 503 with Retry-After)."""
+
+
+class BatcherClosed(RuntimeError):
+    """`submit` after `close()`."""
+
+
+@dataclass(eq=False)
+class _Entry:
+    item: Any
+    future: Future
+    cost: float
+    lane: Hashable
+    enqueued: float
+    taken: bool = False  # removed from its lane (by the worker, or because it was cancelled)
 
 
 class MicroBatcher(Generic[T, R]):
-    """Runs `batch_fn(list[T]) -> list[R]` over micro-batches of concurrently submitted items."""
+    """Runs `batch_fn(list[T]) -> list[R]` over micro-batches of concurrently submitted items.
 
-    def __init__(self, batch_fn: Callable[[list[T]], list[R]], max_batch: int = 16, max_wait_ms: float = 5.0):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+    max_batch: items per batch; max_wait_ms: how long the oldest item of a batch waits for company;
+    max_queue / max_queue_cost: how many items, and how much summed cost, may wait; cost_fn / lane_fn /
+    max_batch_cost: see the module docstring."""
+
+    def __init__(
+        self,
+        batch_fn: Callable[[list[T]], list[R]],
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        *,
+        max_queue: int = 256,
+        cost_fn: Callable[[T], float] | None = None,
+        lane_fn: Callable[[T], Hashable] | None = None,
+        max_batch_cost: float | None = None,
+        max_queue_cost: float | None = None,
+    ) -> None:
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.batch_fn = batch_fn
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.batch_sizes: list[int] = []  # sizes of the batches run so far (for tests and metrics)
-        self._queue: queue.Queue = queue.Queue()
+        self.max_queue = max_queue
+        self.cost_fn = cost_fn
+        self.lane_fn = lane_fn
+        self.max_batch_cost = max_batch_cost
+        self.max_queue_cost = max_queue_cost
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # sizes of recent batches (metrics, tests)
+        self.seconds_per_cost = 0.0  # learnt from finished batches (0: plain FIFO until then)
+        self._cond = threading.Condition()
+        self._lanes: dict[Hashable, deque[_Entry]] = {}
+        self._pending = 0
+        self._pending_cost = 0.0
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="selfseg-microbatcher", daemon=True)
         self._worker.start()
 
-    def submit(self, item: T) -> Future[R]:
-        if self._closed:
-            raise RuntimeError("MicroBatcher is closed")
+    # ---- callers ---------------------------------------------------------------------------------
+    def submit(self, item: T, *, timeout: float = 0.0) -> Future[R]:
+        """Queue `item`; wait up to `timeout` s for room, then raise `ServiceBusy`."""
+        cost = float(self.cost_fn(item)) if self.cost_fn else 1.0
+        lane = self.lane_fn(item) if self.lane_fn else None
         future: Future[R] = Future()
-        self._queue.put((item, future))
+        entry = _Entry(item, future, cost, lane, 0.0)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._closed and self._full(cost):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ServiceBusy(
+                        f"busy: {self._pending} requests queued (limits: {self.max_queue} requests, "
+                        f"{self.max_queue_cost or 'no'} cost units); retry shortly"
+                    )
+                self._cond.wait(remaining)
+            if self._closed:
+                raise BatcherClosed("MicroBatcher is closed")
+            entry.enqueued = time.monotonic()
+            self._lanes.setdefault(lane, deque()).append(entry)
+            self._pending += 1
+            self._pending_cost += cost
+            self._cond.notify_all()
+        future.add_done_callback(lambda f, e=entry: self._forget_if_cancelled(e))
         return future
 
     def __call__(self, item: T, timeout: float | None = None) -> R:
         return self.submit(item).result(timeout)
 
     async def asubmit(self, item: T) -> R:
+        """Await the result; cancelling the awaiting task drops the item if it has not started."""
         return await asyncio.wrap_future(self.submit(item))
 
-    def close(self) -> None:
-        """Finish what was submitted, then stop the worker."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(_STOP)
-            self._worker.join()
+    def _full(self, cost: float) -> bool:
+        if self._pending >= self.max_queue:
+            return True
+        limit = self.max_queue_cost
+        return bool(limit and self._pending and self._pending_cost + cost > limit)
 
-    def _collect(self) -> tuple[list, bool]:
-        """Block for a first item, then take more until the batch is full or the deadline passes."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.max_wait
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if entry is _STOP:
-                self._run(batch)
-                return [], True
-            batch.append(entry)
-        return batch, False
+    @property
+    def queue_depth(self) -> int:
+        return self._pending
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.is_alive() and not self._closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, finish everything accepted, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+        if not self._worker.is_alive():  # a worker that died (it should not) leaves nothing hanging
+            with self._cond:
+                leftovers = [e for lane in self._lanes.values() for e in lane]
+                self._lanes.clear()
+                self._pending, self._pending_cost = 0, 0.0
+            for e in leftovers:
+                _settle(e.future, Failure(BatcherClosed("MicroBatcher closed before this item ran")))
+
+    # ---- the worker ------------------------------------------------------------------------------
+    def _forget_if_cancelled(self, entry: _Entry) -> None:
+        if not entry.future.cancelled():
+            return
+        with self._cond:
+            if entry.taken:
+                return
+            entry.taken = True
+            lane = self._lanes.get(entry.lane)
+            if lane is not None:
+                lane.remove(entry)
+                if not lane:
+                    del self._lanes[entry.lane]
+            self._pending -= 1
+            self._pending_cost -= entry.cost
+            self._cond.notify_all()
 
     def _loop(self) -> None:
         while True:
-            batch, stop = self._collect()
-            if batch:
-                self._run(batch)
-            if stop:
+            batch = self._next_batch()
+            if batch is None:
                 return
+            try:
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive anything
+                log.exception("micro-batcher: batch failed outside the batch function")
+                for e in batch:
+                    _settle(e.future, Failure(exc if isinstance(exc, Exception) else RuntimeError(repr(exc))))
 
-    def _run(self, batch: list) -> None:
-        items = [item for item, _ in batch]
-        futures = [future for _, future in batch]
-        self.batch_sizes.append(len(items))
-        try:
-            results = self.batch_fn(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"batch_fn returned {len(results)} results for {len(items)} items")
-        except Exception as exc:  # isolate the failing item(s): retry one by one
-            if len(items) == 1:
-                futures[0].set_exception(exc)
-            else:
-                for entry in batch:
-                    self._run([entry])
+    def _next_batch(self) -> list[_Entry] | None:
+        """Block until a batch is due (full, or its oldest item waited `max_wait`); None when closed
+        and drained."""
+        with self._cond:
+            while True:
+                if self._pending == 0:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                lane = self._choose_lane(now)
+                entries = self._lanes[lane]
+                take = self._fitting(entries)
+                full = take == self.max_batch or take < len(entries)
+                due = entries[0].enqueued + self.max_wait
+                if full or now >= due or self._closed:
+                    batch = [entries.popleft() for _ in range(take)]
+                    for e in batch:
+                        e.taken = True
+                    if not entries:
+                        del self._lanes[lane]
+                    self._pending -= take
+                    self._pending_cost -= sum(e.cost for e in batch)
+                    self._cond.notify_all()  # room for waiting submitters
+                    return batch
+                self._cond.wait(due - now)
+
+    def _fitting(self, entries: deque[_Entry]) -> int:
+        """How many of the lane's oldest entries fit one batch (count and cost; at least one)."""
+        n, cost = 0, 0.0
+        for e in entries:
+            if n == self.max_batch or (n and self.max_batch_cost and cost + e.cost > self.max_batch_cost):
+                break
+            n, cost = n + 1, cost + e.cost
+        return n
+
+    def _choose_lane(self, now: float) -> Hashable:
+        """Least (estimated run time - wait of the oldest item); ties go to the oldest."""
+
+        def score(lane: Hashable) -> tuple[float, float]:
+            entries = self._lanes[lane]
+            take = self._fitting(entries)
+            cost = sum(entries[i].cost for i in range(take))
+            waited = now - entries[0].enqueued
+            return self.seconds_per_cost * cost - waited, -waited
+
+        return min(self._lanes, key=score)
+
+    def _run(self, batch: list[_Entry]) -> None:
+        live = [e for e in batch if e.future.set_running_or_notify_cancel()]
+        if not live:
             return
-        for future, result in zip(futures, results):
-            future.set_result(result)
+        self.batch_sizes.append(len(live))
+        start = time.monotonic()
+        try:
+            outcomes = run_isolated(
+                self.batch_fn, [e.item for e in live], lambda i, out: _settle(live[i].future, out)
+            )
+        except BaseException as exc:  # interrupt inside batch_fn: fail the batch (no retries), keep serving
+            error = RuntimeError(f"batch interrupted: {exc!r}")
+            error.__cause__ = exc
+            for e in live:
+                _settle(e.future, Failure(error))
+            return
+        if not any(isinstance(o, Failure) for o in outcomes):
+            total = sum(e.cost for e in live)
+            if total > 0:
+                rate = (time.monotonic() - start) / total
+                old = self.seconds_per_cost
+                self.seconds_per_cost = rate if not old else 0.7 * old + 0.3 * rate
 
 
+def _settle(future: Future, outcome: Any) -> None:
+    """Resolve a running future once (a second resolution, or one of a cancelled future, is a no-op)."""
+    try:
+        if isinstance(outcome, Failure):
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
+
+
+# ---- the self-guided pipeline as a service ---------------------------------------------------------------
 @dataclass
 class ServiceConfig:
     max_batch: int = 8  # images per micro-batch
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
-    warmup: bool = True  # run the whole pipeline once at start so the first request is not slow
+    warmup: bool = True  # run the pipeline before the first request (see `warmup_batch_sizes`)
+    max_queue: int = 64  # requests allowed to wait; more are refused with ServiceBusy (HTTP 503)
+    max_queued_megapixels: float = 400.0  # summed (1 + MPix) of waiting images (~3 MB of RGB per MPix)
+    max_pixels: int = 50_000_000  # per request; larger images are refused with ResourceError (HTTP 413)
+    max_batch_megapixels: float = 64.0  # a batch's summed cost (1 + megapixels per image)
+    size_classes_mp: tuple[float, ...] = field(default=(1.0, 4.0, 16.0))  # lane boundaries in MPix
+
+
+def image_megapixels(image: LoadedImage) -> float:
+    height, width = image.rgb.shape[:2]
+    return height * width / 1e6
+
+
+def warmup_batch_sizes(engine: str, compile: bool, device_type: str, max_batch: int) -> list[int]:
+    """Batch sizes to describe after the one full single-image pass: only what changes later latency.
+    Reference engine: none (it runs one image at a time, the first pass covers it). Fast engine with
+    `compile`: every power-of-two bucket up to the one `max_batch` pads to (each is a compiled shape /
+    CUDA graph). Fast engine on CUDA otherwise: `max_batch` once (kernel choice, allocator). On CPU: none."""
+    if engine != "fast" or max_batch <= 1:
+        return []
+    if compile:
+        top = 1 << (max_batch - 1).bit_length()
+        return [1 << k for k in range(1, int(math.log2(top)) + 1)]
+    return [max_batch] if device_type == "cuda" else []
 
 
 class SelfSegService:
-    """Load once, warm up, then serve `segment(image)` from many threads or `await asegment(image)`."""
+    """Load once, warm up, then serve `segment(image)` from many threads or `await asegment(image)`.
 
-    def __init__(self, cfg: SelfSegConfig, service: ServiceConfig | None = None) -> None:
+    `pipeline`: an already built `SelfSegPipeline` (or anything with `run`/`describe`), e.g. for tests."""
+
+    def __init__(self, cfg: SelfSegConfig, service: ServiceConfig | None = None, *, pipeline=None) -> None:
         self.cfg = cfg
-        from selfseg_fast.pipeline import SelfSegPipeline
-
         self.options = service or ServiceConfig()
-        self.pipeline = SelfSegPipeline(cfg)
+        if pipeline is None:
+            from selfseg_fast.pipeline import SelfSegPipeline
+
+            pipeline = SelfSegPipeline(cfg)
+        self.pipeline = pipeline
+        self.warmup_seconds = 0.0
         if self.options.warmup:
+            start = time.perf_counter()
             self.warmup()
+            self.warmup_seconds = time.perf_counter() - start
+        opts = self.options
         self.batcher: MicroBatcher[LoadedImage, Segmentation] = MicroBatcher(
-            self.pipeline.run, self.options.max_batch, self.options.max_wait_ms
+            self.pipeline.run,
+            opts.max_batch,
+            opts.max_wait_ms,
+            max_queue=opts.max_queue,
+            cost_fn=lambda image: 1.0 + image_megapixels(image),
+            lane_fn=self.size_class,
+            max_batch_cost=opts.max_batch_megapixels,
+            max_queue_cost=opts.max_queued_megapixels,
         )
 
+    def size_class(self, image: LoadedImage) -> int:
+        mp = image_megapixels(image)
+        return sum(mp > bound for bound in self.options.size_classes_mp)
+
     def warmup(self) -> None:
-        """Run every batch shape the service will see before the first request: one full pass (the
-        segmenter included), then the BCC stages at each power-of-two batch size up to `max_batch`
-        (with `compile=True` these are the CUDA-graph buckets; otherwise this warms kernels and the
-        allocator)."""
-        rng = np.random.default_rng(0)
+        """One full single-image pass (segmenter included), then `warmup_batch_sizes`."""
         from selfseg_fast.images import LoadedImage
 
-        rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         image = LoadedImage("warmup", rgb, "RGB", (64, 64))
         self.pipeline.run([image])
-        size = 2
-        while size <= self.options.max_batch:
+        device = getattr(getattr(self.pipeline, "device", None), "type", "cpu")
+        for size in warmup_batch_sizes(self.cfg.engine, self.cfg.compile, device, self.options.max_batch):
             self.pipeline.describe([image] * size)
-            size *= 2
+
+    def check(self, image: LoadedImage) -> None:
+        """Refuse an image over the per-request pixel budget (ResourceError, HTTP 413)."""
+        height, width = image.rgb.shape[:2]
+        if height * width > self.options.max_pixels:
+            raise ResourceError(
+                f"{width}x{height} = {height * width / 1e6:.1f} MPix exceeds this service's limit of "
+                f"{self.options.max_pixels / 1e6:.1f} MPix per image (ServiceConfig.max_pixels)",
+                path=image.path,
+            )
+
+    def submit(self, image: LoadedImage) -> Future[Segmentation]:
+        self.check(image)
+        return self.batcher.submit(image)
 
     def segment(self, image: LoadedImage, timeout: float | None = None) -> Segmentation:
-        return self.batcher(image, timeout)
+        return self.submit(image).result(timeout)
 
     async def asegment(self, image: LoadedImage) -> Segmentation:
-        return await self.batcher.asubmit(image)
+        return await asyncio.wrap_future(self.submit(image))
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.alive
 
     def close(self) -> None:
         self.batcher.close()

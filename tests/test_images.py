@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from selfseg_fast.errors import ImageError
-from selfseg_fast.images import iter_image_paths, load_image, load_images
+from selfseg_fast.errors import ImageError, ResourceError, SelfSegError
+from selfseg_fast.images import display_path, iter_image_paths, load_image, load_image_bytes, load_images
 
 
 @pytest.mark.parametrize("ext", ["jpg", "png", "webp", "bmp", "tiff", "gif"])
@@ -144,3 +147,75 @@ def test_folder_without_images_is_a_one_line_error_before_any_work(tmp_path):
         iter_image_paths([tmp_path / "a.png", tmp_path / "empty"])
     _one_line_naming(info.value, tmp_path / "empty")
     assert "no image files" in str(info.value)
+
+
+# ---- issue 13.19: limits, special files, warnings, odd names ------------------------------------------
+def test_selfseg_max_pixels_can_raise_the_limit_above_pillows_own(tmp_path, monkeypatch):
+    Image.new("L", (300, 300)).save(tmp_path / "wide.png")  # 90,000 px
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow alone refuses > 20,000 px
+    monkeypatch.setenv("SELFSEG_MAX_PIXELS", "100000")
+    assert load_image(tmp_path / "wide.png").rgb.shape == (300, 300, 3)
+    monkeypatch.setenv("SELFSEG_MAX_PIXELS", "50000")
+    with pytest.raises(ImageError, match="exceeds the 0 MPix limit") as info:
+        load_image(tmp_path / "wide.png")
+    assert isinstance(info.value, ResourceError)  # services answer it with 413
+    monkeypatch.setenv("SELFSEG_MAX_PIXELS", "lots")
+    with pytest.raises(SelfSegError, match="SELFSEG_MAX_PIXELS"):
+        load_image(tmp_path / "wide.png")
+
+
+def test_symlinked_folders_are_followed_and_odd_entries_reported(tmp_path, caplog):
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    Image.new("RGB", (4, 4)).save(root / "a.png")
+    Image.new("RGB", (4, 4)).save(elsewhere / "b.png")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(root / "pipe.png")
+    with caplog.at_level(logging.WARNING, logger="selfseg_fast"):
+        paths = iter_image_paths([root])
+    names = sorted(p.name for p in paths)
+    assert names == ["a.png", "b.png", "dangling.jpg", "pipe.png"]  # the link loop is read once
+    assert any("loop" in r.getMessage() and "already read" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ImageError, match="dangling symbolic link") as info:
+        load_image(root / "dangling.jpg")
+    _one_line_naming(info.value, root / "dangling.jpg")
+    with pytest.raises(ImageError, match=r"not a regular file \(a FIFO\)"):
+        load_image(root / "pipe.png")  # returns at once: a FIFO is never opened
+    assert iter_image_paths([root], exclude=[elsewhere]) == sorted(
+        p for p in paths if p.parent.name != "linked"
+    )
+
+
+def test_decoder_warnings_become_one_line_naming_the_file(tmp_path, caplog):
+    Image.new("RGB", (8, 8)).save(tmp_path / "exif.jpg", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff")
+    Image.fromarray(np.array([[-1.0, 0.0, np.inf]], np.float32), "F").save(tmp_path / "inf.tiff")
+    log_level = caplog.at_level(logging.WARNING, logger="selfseg_fast")
+    with log_level, warnings.catch_warnings(record=True) as leaked:
+        for name in ("exif.jpg", "inf.tiff", "exif.jpg"):
+            load_image(tmp_path / name)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith(f"{tmp_path / 'exif.jpg'}: UserWarning: Corrupt EXIF") for line in lines) == 2
+    assert any(line.startswith(f"{tmp_path / 'inf.tiff'}: RuntimeWarning: overflow") for line in lines)
+    assert all("\n" not in line for line in lines)
+    assert not leaked  # nothing reached the multi-line warnings display
+
+
+def test_a_newline_in_a_file_name_never_splits_the_error_line(tmp_path):
+    odd = tmp_path / "two\nlines.png"
+    odd.write_bytes(b"not an image")
+    with pytest.raises(ImageError) as info:
+        load_image(odd)
+    text = str(info.value)
+    assert "\n" not in text and "two\\nlines.png" in text
+    assert display_path("a\tb\x1b.png") == "a\\tb\\x1b.png" and display_path("café.png") == "café.png"
+
+
+def test_bytes_upload_decodes_like_a_file():
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 3), (9, 8, 7)).save(buffer, "PNG")
+    assert load_image_bytes(buffer.getvalue(), "upload.png").rgb.shape == (3, 5, 3)
+    with pytest.raises(ImageError, match="upload.bin: not an image"):
+        load_image_bytes(b"nope", "upload.bin")

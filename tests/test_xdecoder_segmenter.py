@@ -3,15 +3,12 @@ load by official key names), and the segmenter API on random-tiny weights."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from selfseg_fast.cli import main
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.errors import SelfSegError, WeightsError
 from selfseg_fast.models.xdecoder.checkpoint import load_official_weights
@@ -96,27 +93,6 @@ def test_pretrained_without_checkpoint_is_one_line_with_the_fixes(tmp_path):
     text = str(info.value)
     assert "\n" not in text and "--checkpoint" in text and "random-tiny" in text
     assert "huggingface.co/xdecoder/X-Decoder" in text
-
-
-def test_segment_command_writes_labels_overlay_and_json(tmp_path, capsys):
-    rgb = np.random.default_rng(2).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "pic.png")
-    out = tmp_path / "out"
-    argv = ["segment", str(tmp_path / "pic.png"), "--classes", "car, road,tree,car", "--out", str(out)]
-    argv += ["--weights", "random-tiny", "--set", "segmenter.test_short_side=64"]
-    assert main(argv) == 0
-    assert "pic.png:" in capsys.readouterr().out
-    record = json.loads((out / "pic.json").read_text())
-    assert record["names"] == ["car", "road", "tree"]  # de-duplicated, order kept
-    assert abs(sum(record["shares"].values()) - 1.0) < 1e-6
-    labels = Image.open(out / "pic_labels.png")
-    assert labels.mode == "P" and labels.size == (80, 48)
-    values = np.asarray(labels)
-    assert values.max() < 3
-    for i, name in enumerate(record["names"]):
-        assert abs((values == i).mean() - record["shares"][name]) < 1e-9
-    overlay = Image.open(out / "pic_overlay.png")
-    assert overlay.width == 80 and overlay.height > 48  # the legend sits under the picture
 
 
 def test_batched_images_equal_single_images(tiny_segmenter):

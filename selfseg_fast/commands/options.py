@@ -67,7 +67,13 @@ def add_segmenter_options(parser: argparse.ArgumentParser, *, backend: bool = Tr
     """--checkpoint (X-Decoder weights) and, with `backend`, --segmenter-backend."""
     group = parser.add_argument_group("segmenter (X-Decoder)")
     group.add_argument(
-        "--checkpoint", metavar="PATH", help="X-Decoder checkpoint (.pt path or URL) for --weights pretrained"
+        "--checkpoint",
+        metavar="PATH",
+        help="X-Decoder checkpoint for --weights pretrained: a .pt path, a released name "
+        "(xdecoder_focalt_last, ...), hf://OWNER/REPO/FILE.pt or an https URL",
+    )
+    group.add_argument(
+        "--revision", metavar="REV", help="hub branch, tag or commit of the X-Decoder checkpoint"
     )
     if backend:
         group.add_argument(
@@ -115,7 +121,13 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
             overrides[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key.strip()] = raw
-    return cfg.with_overrides(overrides)
+    cfg = cfg.with_overrides(overrides)
+    if getattr(args, "revision", None):  # pins the hub checkpoint: SOURCE@REVISION
+        from selfseg_fast.models.xdecoder.checkpoint_files import DEFAULT_CHECKPOINT, split_revision
+
+        source = split_revision(cfg.segmenter.checkpoint or DEFAULT_CHECKPOINT[cfg.segmenter.variant])[0]
+        cfg = cfg.with_overrides({"segmenter.checkpoint": f"{source}@{args.revision}"})
+    return cfg
 
 
 def default_engine() -> str:

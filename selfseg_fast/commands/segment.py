@@ -2,32 +2,39 @@
 
 With `--classes`, X-Decoder segments each image with exactly those names (the supervised-names
 baseline). Without, the whole self-guided pipeline runs: BLIP-Cluster-Caption finds the nouns, and
-they become the class names. Prints each image's names with their pixel shares; `--out DIR` writes
-DIR/<image>_labels.png (palette PNG, value = index into the names, 255 = unlabelled),
-DIR/<image>_overlay.png (the picture with the label colours and a legend) and DIR/<image>.json.
+they become the class names. Images run in batches (`batch_size`); each image's names and pixel shares
+are printed as it finishes. `--out DIR` writes, per image (named by its path relative to the inputs'
+common folder, full file name kept, so x.png and x.jpg never collide):
+  NAME.labels.png   palette PNG: value = index into the names, 255 = unlabelled (16-bit, 65535, above
+                    255 names)
+  NAME.overlay.png  the picture at its own size with the names' colours and names, legend beside it
+  NAME.clusters.png the 32x32 cluster grid over the picture with each cluster's top nouns (self-guided)
+  NAME.json         names, pixel shares, captions
 A bad image gets one error line; the others still run (exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import io
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
+from selfseg_fast.atomic_files import write_bytes_atomic, write_json_atomic
 from selfseg_fast.commands.options import (
     add_config_options,
     add_profile_option,
     add_segmenter_options,
     config_from_args,
 )
-from selfseg_fast.errors import ImageError, SelfSegError
-from selfseg_fast.images import iter_image_paths, load_image
-from selfseg_fast.label_maps import label_map_uint8, pixel_shares
+from selfseg_fast.console import progress
+from selfseg_fast.errors import SelfSegError
+from selfseg_fast.images import display_path, iter_image_paths
+from selfseg_fast.label_maps import label_png_bytes
+from selfseg_fast.per_image import ImageOutcome, segment_paths
 from selfseg_fast.profiling import maybe_profile, write_stage_table
+from selfseg_fast.visualize import cluster_picture, overlay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--classes", metavar="NAMES", help='comma-separated class names, e.g. "car,road,tree"'
     )
-    parser.add_argument("--out", metavar="DIR", help="write label PNG, overlay and JSON per image")
+    parser.add_argument("--out", metavar="DIR", help="write label PNG, overlay, clusters and JSON per image")
     add_profile_option(parser)
     add_segmenter_options(parser)
     add_config_options(parser)
@@ -55,73 +62,78 @@ def parse_classes(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def output_keys(paths: list[Path]) -> list[str]:
+    """Each path relative to the common folder of all of them, full file name kept (unique per file)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    if not absolute:
+        return []
+    common = os.path.commonpath(absolute) if len(absolute) > 1 else os.path.dirname(absolute[0])
+    if common in absolute:  # one file, given several times
+        common = os.path.dirname(common)
+    return [Path(os.path.relpath(a, common)).as_posix() for a in absolute]
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     names = parse_classes(args.classes) if args.classes else None
-    from selfseg_fast.pipeline import SelfSegPipeline
+    out_dir = Path(args.out) if args.out else None
+    paths = iter_image_paths(args.images, exclude=[out_dir] if out_dir else [])
+    keys = output_keys(paths)
+    from selfseg_fast.pipeline import SelfSegPipeline  # heavy imports only once the args are valid
 
     pipeline = SelfSegPipeline(cfg)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
     failures, stage_seconds = 0, []
-    with maybe_profile(args.profile):
-        for path in iter_image_paths(args.images):
-            try:
-                image = load_image(path)
-            except ImageError as exc:
+    with maybe_profile(args.profile), progress(total=len(paths), desc="segment") as bar:
+        for key, outcome in zip(keys, segment_paths(pipeline, paths, names, cfg.batch_size)):
+            bar.update(1)
+            if not outcome.ok:
                 failures += 1
-                print(f"selfseg-fast: error: {exc}", file=sys.stderr)
+                bar.write(f"selfseg-fast: error: {outcome.error}", file=sys.stderr)
                 continue
-            if names is not None:
-                (label_map,) = pipeline.segment([image], [names])
-                image_names, captions = names, {}
-            else:
-                (result,) = pipeline.run([image])
-                label_map, image_names = result.label_map, result.class_names
-                captions = result.description.captions
-                stage_seconds.append(result.description.stage_seconds)
-            shares = pixel_shares(label_map, image_names)
+            if outcome.description is not None:
+                stage_seconds.append(outcome.description.stage_seconds)
+            from selfseg_fast.label_maps import pixel_shares
+
+            shares = pixel_shares(outcome.label_map, outcome.names)
             listing = (
                 ", ".join(f"{n} {100 * s:.1f}%" for n, s in shares.items() if s > 0) or "(nothing named)"
             )
-            print(f"{path}: {listing}")
+            bar.write(f"{display_path(outcome.path)}: {listing}", file=sys.stdout)
             if out_dir:
-                write_outputs(out_dir, Path(path).stem, image.rgb, label_map, image_names, shares, captions)
+                write_outputs(out_dir, key, outcome, shares)
     if args.profile:
         print(write_stage_table(args.profile, stage_seconds), file=sys.stderr)
     return 1 if failures else 0
 
 
-def palette(n: int) -> np.ndarray:
-    """n distinct colours (a fixed golden-ratio hue walk), [n, 3] uint8."""
-    import colorsys
+def write_outputs(out_dir: Path, key: str, outcome: ImageOutcome, shares: dict[str, float]) -> None:
+    """NAME.labels.png, NAME.overlay.png, NAME.clusters.png (self-guided) and NAME.json, atomically."""
+    import io
 
-    return np.array(
-        [[int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)] for i in range(n)],
-        dtype=np.uint8,
-    ).reshape(-1, 3)
+    base = out_dir / key
+    base.parent.mkdir(parents=True, exist_ok=True)
+
+    def png(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    rgb, label_map, names = outcome.image.rgb, outcome.label_map, outcome.names
+    write_bytes_atomic(base.with_name(base.name + ".labels.png"), label_png_bytes(label_map, len(names)))
+    write_bytes_atomic(
+        base.with_name(base.name + ".overlay.png"), png(overlay(rgb, label_map, names, shares))
+    )
+    record: dict = {"path": str(outcome.path), "names": names, "shares": shares, "captions": {}}
+    described = outcome.description
+    if described is not None:
+        record["captions"] = {str(k): v for k, v in described.captions.items()}
+        record["cluster_nouns"] = {str(k): v for k, v in described.cluster_nouns.items()}
+        picture = cluster_picture(rgb, described.cluster_grid, described.captions, described.cluster_nouns)
+        write_bytes_atomic(base.with_name(base.name + ".clusters.png"), _png(picture))
+    write_json_atomic(base.with_name(base.name + ".json"), record)
 
 
-def write_outputs(out_dir: Path, stem: str, rgb, label_map, names, shares, captions) -> None:
-    """<stem>_labels.png (palette), <stem>_overlay.png (50 % blend + legend), <stem>.json."""
-    colours = palette(max(1, len(names)))
-    labels = Image.fromarray(label_map_uint8(label_map), mode="P")
-    flat = np.zeros((256, 3), np.uint8)
-    flat[: len(colours)] = colours
-    labels.putpalette(flat.ravel().tolist())
-    labels.save(out_dir / f"{stem}_labels.png")
-    colour_map = np.where((label_map >= 0)[..., None], colours[label_map.clip(0)], rgb)
-    overlay = Image.fromarray((0.5 * rgb + 0.5 * colour_map).astype(np.uint8))
-    present = [(i, n) for i, n in enumerate(names) if shares.get(n, 0) > 0]
-    legend_h = 16 * len(present) + 8
-    canvas = Image.new("RGB", (overlay.width, overlay.height + legend_h), (255, 255, 255))
-    canvas.paste(overlay, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for row, (i, name) in enumerate(present):
-        y = overlay.height + 4 + 16 * row
-        draw.rectangle([4, y, 16, y + 12], fill=tuple(int(c) for c in colours[i]))
-        draw.text((22, y), f"{name} ({100 * shares[name]:.1f}%)", fill=(0, 0, 0))
-    canvas.save(out_dir / f"{stem}_overlay.png")
-    record = {"names": names, "shares": shares, "captions": {str(k): v for k, v in captions.items()}}
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1))
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -3,8 +3,16 @@
 Our modules reproduce the official module tree (`backbone.*`, `sem_seg_head.pixel_decoder.*`,
 `sem_seg_head.predictor.*`, `sem_seg_head.predictor.lang_encoder.*`), so loading is a name-for-name copy.
 What the loader adds:
-  - reading from a local path, an http(s) URL (downloaded once into the torch hub cache) or a short name
-    of a released checkpoint (`OFFICIAL_CHECKPOINTS`);
+  - where the file comes from (`resolve`): a local path; a released checkpoint's name (`KNOWN_CHECKPOINTS`,
+    e.g. `xdecoder_focalt_last` or `xdecoder_focalt_last.pt`), an `hf://owner/repo/file.pt` reference or a
+    huggingface.co URL, all fetched with `huggingface_hub.hf_hub_download` (the HF cache, HF_HOME,
+    HF_HUB_OFFLINE, HF_TOKEN, mirrors via HF_ENDPOINT; `NAME@REVISION` or `--revision` pins a branch, tag
+    or commit); any other https URL, downloaded once into our cache under a key derived from the whole
+    URL (never from the file name, so another URL cannot stand in for an official file). Plain http is
+    refused unless SELFSEG_ALLOW_HTTP=1;
+  - the SHA-256 of every released checkpoint, checked after download (a mismatch is refused; a local
+    file with a released name that does not match gets a warning), and remembered per file so a
+    checkpoint is hashed once, not at every start;
   - unwrapping (`{"model": ...}` / `{"state_dict": ...}`, a `module.` or `model.` prefix on every key)
     and an optional explicit prefix map (`key_map`) for renamed layouts;
   - a report of every key: loaded, missing (ours, absent from the file), unexpected (in the file, unknown),
@@ -24,14 +32,12 @@ import torch
 from torch import nn
 
 from selfseg_fast.errors import WeightsError
-
-_HF = "https://huggingface.co/xdecoder/X-Decoder/resolve/main/"
-OFFICIAL_CHECKPOINTS: dict[str, str] = {
-    "xdecoder_focalt_last": _HF + "xdecoder_focalt_last.pt",  # configs/xdecoder/focalt_unicl_lang.yaml
-    "xdecoder_focalt_best_openseg": _HF + "xdecoder_focalt_best_openseg.pt",  # svlp_focalt_lang.yaml
-    "xdecoder_focall_last": _HF + "xdecoder_focall_last.pt",  # focall_unicl_lang.yaml
-}
-DEFAULT_CHECKPOINT = {"focal-t": "xdecoder_focalt_last", "focal-l": "xdecoder_focall_last"}
+from selfseg_fast.models.xdecoder.checkpoint_files import (  # noqa: F401 - re-exported
+    DEFAULT_CHECKPOINT,
+    KNOWN_CHECKPOINTS,
+    OFFICIAL_CHECKPOINTS,
+    fetch_checkpoint,
+)
 
 # Official keys that semantic-segmentation inference never reads (captioning, retrieval, the training
 # criterion). They are ignored only when the model has no parameter of that name.
@@ -74,37 +80,25 @@ class LoadReport:
 
 
 def resolve_source(source: str | Path) -> str:
-    """A short name of a released checkpoint -> its URL; anything else unchanged."""
-    return OFFICIAL_CHECKPOINTS.get(str(source), str(source))
+    """A released checkpoint's name -> its address on the hub (for messages); anything else unchanged."""
+    text = str(source)
+    return OFFICIAL_CHECKPOINTS.get(text.removesuffix(".pt"), text)
 
 
-def read_checkpoint(source: str | Path, *, cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's tensors from a local path, an http(s) URL or a released checkpoint's name."""
-    src = resolve_source(source)
+def read_checkpoint(
+    source: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors from a local path, a released name, the hub or an https URL
+    (`checkpoint_files.fetch_checkpoint`: cached, SHA-256 verified)."""
+    path = fetch_checkpoint(source, revision, cache_dir)
     try:
-        if re.match(r"https?://", src):
-            model_dir = str(cache_dir) if cache_dir is not None else None
-            obj = torch.hub.load_state_dict_from_url(
-                src, model_dir=model_dir, map_location="cpu", weights_only=True
-            )
-        else:
-            path = Path(src).expanduser()
-            if not path.is_file():
-                raise WeightsError(
-                    "checkpoint file not found; pass a local .pt path, an http(s) URL or one of: "
-                    + ", ".join(OFFICIAL_CHECKPOINTS),
-                    path=str(path),
-                )
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except WeightsError:
-        raise
-    except Exception as exc:  # network, unpickling or zip errors all mean: this file cannot be used
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling or zip errors all mean: this file cannot be used
         raise WeightsError(
-            f"cannot read the X-Decoder checkpoint ({type(exc).__name__}: {exc}); download it by hand "
-            "and pass the local .pt path",
-            path=src,
+            f"cannot read the X-Decoder checkpoint ({type(exc).__name__}: {exc}); pass an official .pt file",
+            path=str(path),
         ) from exc
-    return unwrap_state_dict(obj, source=src)
+    return unwrap_state_dict(obj, source=str(path))
 
 
 def unwrap_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
