@@ -105,15 +105,34 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
         overrides["segmenter.checkpoint"] = args.checkpoint
     if getattr(args, "segmenter_backend", None):
         overrides["segmenter.backend"] = args.segmenter_backend
+    current = cfg.to_dict()
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
             raise SelfSegError(f"--set {item!r}: expected KEY=VALUE, e.g. --set caption.cycles=3")
-        try:
-            overrides[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = raw
+        overrides[key.strip()] = parse_set_value(raw, _lookup(current, key.strip()))
     return cfg.with_overrides(overrides)
+
+
+def parse_set_value(raw: str, current: Any) -> Any:
+    """A --set value: JSON (3, 0.5, true, null, [2, 4]), else the text itself. A text field keeps the
+    text as typed (--set blip_model=1234 is the string '1234', not a number)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    if isinstance(current, str) and not isinstance(value, str) and value is not None:
+        return raw
+    return value
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None  # unknown: with_overrides names it
+        node = node[part]
+    return node
 
 
 def default_engine() -> str:
