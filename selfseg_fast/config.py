@@ -142,7 +142,10 @@ class SelfSegConfig:
     blip_model: str = BLIP_HUB_ID  # hub id or local folder
     weights: WeightsKind = "pretrained"
     seed: NonNegativeInt = 0
-    engine: Literal["reference", "fast"] = "reference"
+    # "fast" (batched, every stage; the same function as the reference, held to it by parity tests; runs
+    # on CPU too and needs no crfseg) or "reference" (the plain per-image engine on the paper's libraries,
+    # slow by design; its CRF is crfseg: `pip install --no-deps crfseg==1.0.0`).
+    engine: Literal["reference", "fast"] = "fast"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # fast engine's compute dtype on CUDA
     batch_size: PositiveInt = 16  # fast engine: images per batch (halved automatically on CUDA out-of-memory)
     device: str | None = None  # None: cuda if available, else cpu

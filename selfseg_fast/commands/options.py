@@ -33,12 +33,13 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
         default=None,
         help="BLIP hub id or local folder (default Salesforce/blip-image-captioning-large)",
     )
-    group.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
+    group.add_argument("--seed", type=int, default=None, help="random seed >= 0 (same seed, same output)")
     group.add_argument(
         "--engine",
         choices=["reference", "fast"],
         default=None,
-        help="reference (plain, per image) or fast (batched; default where CUDA is present)",
+        help="fast (default: batched, CPU or GPU) or reference (plain, per image, the paper's libraries; "
+        "slow by design, needs crfseg)",
     )
     group.add_argument(
         "--kmeans",
@@ -97,8 +98,6 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    if getattr(args, "engine", None) is None:
-        overrides["engine"] = default_engine()
     if getattr(args, "kmeans", None):
         overrides["cluster.kmeans_backend"] = args.kmeans
     if getattr(args, "checkpoint", None):
@@ -133,10 +132,3 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
             return None  # unknown: with_overrides names it
         node = node[part]
     return node
-
-
-def default_engine() -> str:
-    """The fast engine where CUDA is present, else the reference engine."""
-    import torch
-
-    return "fast" if torch.cuda.is_available() else "reference"
