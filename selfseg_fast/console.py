@@ -47,6 +47,9 @@ def configure(verbosity: int = NORMAL) -> None:
     ours = {QUIET: logging.ERROR, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG)
     logger = logging.getLogger("selfseg_fast")
     logger.setLevel(ours)
+    for handler in logger.handlers:
+        if getattr(handler, "_selfseg", False) and isinstance(handler, logging.StreamHandler):
+            handler.stream = sys.stderr  # the current stderr (tests and notebooks swap it)
     if not any(getattr(h, "_selfseg", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("selfseg-fast: %(message)s"))

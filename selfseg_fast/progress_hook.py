@@ -5,17 +5,23 @@
 
 Engines and stages need no reference to a bar: `StageTimer` reports each stage it times, the
 pipeline reports model loading, and a loop inside a stage may report its count. A command shows the
-reports on its tqdm bar with `shown_on(bar)`; with nobody listening, `report` costs one list check.
+reports on its tqdm bar with `shown_on(bar)` (or opens both with `progress_bar(...)`); with nobody
+listening, `report` costs one list check.
 Listeners are process-wide (not per thread), so steps reported from the fast engine's worker
 threads reach the bar too.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from selfseg_fast.console import progress
 
 Listener = Callable[[str, "int | None", "int | None"], None]
 
@@ -52,3 +58,15 @@ def shown_on(bar: Any) -> Iterator[None]:
 
     with listening(show):
         yield
+
+
+@contextmanager
+def progress_bar(total: int | None, desc: str, unit: str = "img") -> Iterator[Any]:
+    """A command's bar (`console.progress`: off when quiet or not a terminal) that shows reported steps,
+    with our log lines printed above it instead of through it."""
+    with progress(total=total, desc=desc, unit=unit) as bar, shown_on(bar):
+        if bar.disable:
+            yield bar
+        else:
+            with logging_redirect_tqdm(loggers=[logging.getLogger("selfseg_fast")]):
+                yield bar
