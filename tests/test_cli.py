@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -151,3 +154,19 @@ def test_quiet_turns_the_progress_bar_off(monkeypatch) -> None:
         assert not console.progress_enabled()
     finally:
         console.configure(console.NORMAL)
+
+
+def test_hub_retry_lines_stay_out_unless_verbose() -> None:
+    """huggingface_hub sets its log level when imported (after configure): the variable must cover it."""
+    code = (
+        "import logging, sys; from selfseg_fast.console import configure; configure(int(sys.argv[1])); "
+        "import huggingface_hub; print(logging.getLogger('huggingface_hub').getEffectiveLevel())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_VERBOSITY"}
+    levels = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(v)], capture_output=True, text=True, env=env, check=True
+        ).stdout.strip()
+        for v in (0, 1)
+    ]
+    assert levels == ["40", "30"]  # ERROR normally, WARNING (retries shown) with -v
