@@ -47,6 +47,8 @@ class SelfSegPipeline:
 
     def __init__(self, cfg: SelfSegConfig | None = None) -> None:
         self.cfg = (cfg or SelfSegConfig()).validated()  # a bad config fails here, before any model loads
+        if self.cfg.engine == "reference":
+            check_available("crfseg")  # the reference CRF's package: one line naming the fix, now
         self.device = resolve_device(self.cfg)
         self._engine: Engine | None = None
         self._segmenter = None
@@ -85,8 +87,6 @@ class SelfSegPipeline:
         if self._engine is None:
             with self._loading:
                 if self._engine is None:
-                    if self.cfg.engine == "reference":
-                        check_available("crfseg")
                     report(f"loading BLIP ({self.cfg.weights}) and the {self.cfg.engine} engine")
                     self._engine = build_engine(self.cfg)
         return self._engine

@@ -111,9 +111,8 @@ def test_run_returns_a_segmentation_per_image(pipe, photo) -> None:
 def test_reference_engine_without_crfseg_is_one_line_before_loading(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "crfseg", None)  # as if it were not installed
     monkeypatch.setattr(pipeline_module, "build_engine", lambda cfg: pytest.fail("loaded a model"))
-    pipe = SelfSegPipeline.from_pretrained("voc", weights="random-tiny", engine="reference")
     with pytest.raises(SelfSegError, match=r"pip install --no-deps crfseg==1.0.0"):
-        pipe.describe(np.zeros((32, 32, 3), np.uint8))
+        SelfSegPipeline.from_pretrained("voc", weights="random-tiny", engine="reference")
     from selfseg_fast.stages.denoise import crf_reference
 
     with pytest.raises(SelfSegError, match=r"reference engine's CRF .* fix: pip install --no-deps crfseg"):
