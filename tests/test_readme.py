@@ -37,3 +37,22 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(SelfSegPipeline, "from_pretrained", classmethod(offline))
     exec(compile(block, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+
+
+def test_every_selfseg_environment_variable_is_in_the_readme_table() -> None:
+    root = README.parent
+    used = set()
+    for folder in ("selfseg_fast", "kernels", "export", "examples", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            used.update(re.findall(r"\bSELFSEG_[A-Z_]+\b", path.read_text()))
+    table = README.read_text().split("### Environment variables", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(SELFSEG_[A-Z_]+)`", table))
+    assert used and used <= documented, f"not in the README's table: {sorted(used - documented)}"
+
+
+def test_exit_code_table_matches_the_constants() -> None:
+    from selfseg_fast import errors
+
+    table = README.read_text().split("### Exit codes", 1)[1].split("\n### ", 1)[0]
+    codes = [int(c) for c in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)]
+    assert codes[:4] == [errors.EXIT_OK, errors.EXIT_SOME_FAILED, errors.EXIT_USAGE, errors.EXIT_INTERNAL]
