@@ -189,11 +189,14 @@ class SelfSegConfig:
         """A deep copy (nested configs are mutable), validated."""
         return from_dict(to_dict(self))
 
-    def validated(self) -> SelfSegConfig:
-        """This config checked (types, bounds, choices, cross-field rules); SelfSegError names each
-        problem on one line. Runs before any model loads (a config built in Python is not checked
-        until then: dataclass fields can be assigned freely)."""
-        return from_dict(to_dict(self))
+    def validated(self, *, for_pipeline: bool = False) -> SelfSegConfig:
+        """This config checked (types, bounds, choices, cross-field rules; with `for_pipeline`, also
+        what the whole pipeline needs); SelfSegError names each problem on one line. Runs before any
+        model loads (a config built in Python is not checked until then: fields can be assigned)."""
+        cfg = from_dict(to_dict(self))
+        if for_pipeline and (problems := pipeline_problems(cfg)):
+            raise SelfSegError("invalid config: " + "; ".join(problems))
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -256,11 +259,6 @@ def cross_field_problems(cfg: SelfSegConfig) -> list[str]:
         problems.append(f"preset = {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     if not cfg.encoder.resolutions:
         problems.append("encoder.resolutions: give at least one resolution")
-    elif max(cfg.encoder.resolutions) != cfg.cluster.output_grid * BLIP_PATCH_SIZE:
-        problems.append(
-            f"encoder.resolutions = {list(cfg.encoder.resolutions)}: the largest must be cluster.output_grid "
-            f"({cfg.cluster.output_grid}) x {BLIP_PATCH_SIZE} px, the grid the captioner reads"
-        )
     if not cfg.cluster.k_values:
         problems.append("cluster.k_values: give at least one k")
     elif cfg.encoder.resolutions:
@@ -284,6 +282,18 @@ def cross_field_problems(cfg: SelfSegConfig) -> list[str]:
     if cfg.device is not None and not _DEVICE_PATTERN.fullmatch(cfg.device):
         problems.append(f"device = {cfg.device!r}: use cpu, cuda, cuda:N, mps or xpu:N")
     return problems
+
+
+def pipeline_problems(cfg: SelfSegConfig) -> list[str]:
+    """What the whole pipeline needs beyond a valid config (a stage used alone, e.g. the encoder in a
+    test or a benchmark, may run other resolutions): the captioner reads the largest resolution's
+    patches through the cluster grid, so the two must have the same size."""
+    if cfg.encoder.resolutions and max(cfg.encoder.resolutions) != cfg.cluster.output_grid * BLIP_PATCH_SIZE:
+        return [
+            f"encoder.resolutions = {list(cfg.encoder.resolutions)}: the largest must be cluster.output_grid "
+            f"({cfg.cluster.output_grid}) x {BLIP_PATCH_SIZE} px, the grid the captioner reads"
+        ]
+    return []
 
 
 _DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps|xpu|meta)(:\d+)?")

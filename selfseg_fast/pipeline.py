@@ -46,7 +46,7 @@ class SelfSegPipeline:
     through `selfseg_fast.serving.MicroBatcher`."""
 
     def __init__(self, cfg: SelfSegConfig | None = None) -> None:
-        self.cfg = (cfg or SelfSegConfig()).validated()  # a bad config fails here, before any model loads
+        self.cfg = (cfg or SelfSegConfig()).validated(for_pipeline=True)  # fails here, before any model loads
         if self.cfg.engine == "reference":
             check_available("crfseg")  # the reference CRF's package: one line naming the fix, now
         self.device = resolve_device(self.cfg)

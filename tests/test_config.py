@@ -135,7 +135,6 @@ def test_segmenter_flags_reach_the_config_of_every_command_that_segments(command
         ({"caption.min_new_tokens": 30}, "must be <= caption.max_new_tokens (25)"),
         ({"cluster.majority_filter_size": 4}, "must be odd"),
         ({"device": "gpu"}, "device = 'gpu': use cpu, cuda"),
-        ({"encoder.resolutions": [384]}, "the largest must be cluster.output_grid (32) x 16 px"),
         ({"caption.cycle": 3}, "unknown config key 'caption.cycle'; did you mean 'caption.cycles'?"),
         ({"caption": 3}, "config key 'caption' is a section"),
     ],
@@ -152,6 +151,12 @@ def test_every_problem_is_named_at_once_and_valid_values_pass() -> None:
     cfg = SelfSegConfig().with_overrides({"caption": {"top_p": 1, "cycles": 2}, "device": "cuda:1"})
     assert cfg.caption.top_p == 1.0 and isinstance(cfg.caption.top_p, float) and cfg.caption.cycles == 2
     assert cfg.caption.max_new_tokens == 25  # a section given as a dict is merged, not replaced
+
+
+def test_pipeline_rules_apply_to_a_pipeline_only() -> None:
+    encoder_only = SelfSegConfig().with_overrides({"encoder.resolutions": [384]})  # fine for the encoder
+    with pytest.raises(SelfSegError, match=r"the largest must be cluster.output_grid \(32\) x 16 px"):
+        encoder_only.validated(for_pipeline=True)
 
 
 def test_validated_checks_a_config_built_in_python() -> None:

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = config_from_args(args).to_dict()
+    data = config_from_args(args).validated(for_pipeline=True).to_dict()
     print(json.dumps(data, indent=2))
     if args.out:
         target = Path(args.out)
