@@ -2,8 +2,8 @@
 
     as_images(x) -> (list[LoadedImage], single: bool)
 
-Accepted, alone or in a list/tuple (the same rules as for files, so a path, `Image.open(path)` and
-`np.asarray(Image.open(path))` of an ordinary RGB photo give the same result):
+Accepted, alone or in a list, tuple or iterator (the same rules as for files, so a path,
+`Image.open(path)` and `np.asarray(Image.open(path))` of an ordinary RGB photo give the same result):
 - a path (str or os.PathLike): read by `images.load_image` (EXIF, transparency, 16-bit, pixel limit);
 - a PIL image: EXIF orientation applied, then `images.to_rgb8` (palette, RGBA/LA over white, CMYK,
   16-/32-bit and float modes) -- the frame the image is on is used;
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ ACCEPTED = "a path, a PIL image, a numpy array [H, W, 3] uint8, a torch tensor [
 
 def as_images(images: Any) -> tuple[list[LoadedImage], bool]:
     """Coerce one image or a batch; `single` says whether one image (not a list) was given."""
-    if isinstance(images, (list, tuple)):
+    if isinstance(images, (list, tuple, Iterator)):  # an iterator/generator is a batch too
         out: list[LoadedImage] = []
         for item in images:
             out.extend(_as_batch_or_image(item, f"image[{len(out)}]"))

@@ -37,6 +37,8 @@ def test_one_image_is_single_and_a_loaded_image_passes_through(rgb) -> None:
     image = LoadedImage("x", rgb, "RGB", (30, 20))
     assert as_image(image) is image
     assert as_images([])[0] == []
+    from_generator, single = as_images(array for array in (rgb, rgb[::-1]))
+    assert not single and len(from_generator) == 2
 
 
 def test_batches_of_arrays_and_tensors_are_split(rgb) -> None:
