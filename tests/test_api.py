@@ -75,8 +75,8 @@ def test_every_input_kind_gives_the_same_description(pipe, photo) -> None:
         assert result.cluster_grid == results[0].cluster_grid and result.nouns == results[0].nouns
     single = pipe.describe(rgb)  # one image in, one result out
     assert not isinstance(single, list) and single.nouns == results[0].nouns
-    streamed = list(pipe.describe_stream(iter([Image.open(path), rgb])))
-    assert [r.nouns for r in streamed] == [results[0].nouns] * 2
+    (streamed,) = list(pipe.describe_stream(iter([Image.open(path)])))
+    assert streamed.nouns == results[0].nouns
 
 
 def test_segment_with_names_never_loads_blip(monkeypatch, photo) -> None:
