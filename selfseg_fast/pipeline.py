@@ -1,20 +1,33 @@
-"""The load-once Python API: `SelfSegPipeline(cfg)` holds the models; `describe` names what is in
-images, `segment` segments images with given names, `run` does both (the self-guided pipeline).
+"""The load-once Python API: `describe` names what is in images, `segment` segments images with given
+names, `run` does both (the self-guided pipeline).
 
-    pipe = SelfSegPipeline(SelfSegConfig.from_preset("voc"))
-    result = pipe.run([load_image("photo.jpg")])[0]     # result.nouns, result.label_map
+    pipe = SelfSegPipeline.from_pretrained("voc")            # or weights="random-tiny", device="cuda", ...
+    result = pipe.run("photo.jpg")                           # result.class_names, result.label_map
+    results = pipe.run([Image.open(p), np.asarray(...)])     # a list in, a list out
+
+Every call takes a path, a PIL image, a numpy array, a torch tensor, or a list of them (`inputs.py`);
+one image in gives one result, a list gives a list. Models load on first use: BLIP (and spaCy,
+WordNet) for `describe`/`run`, X-Decoder for `segment`/`run`, so `segment` with given names never
+needs BLIP. `load()` loads both up front (services).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.engines.base import Engine, build_engine, resolve_device
+from selfseg_fast.errors import SelfSegError
 from selfseg_fast.images import LoadedImage
+from selfseg_fast.inputs import as_image, as_images, names_per_image
+from selfseg_fast.optional_deps import check_available
+from selfseg_fast.progress_hook import report
 from selfseg_fast.records import ImageResult
 from selfseg_fast.resegment import resegment
 from selfseg_fast.timing import StageTimer
@@ -30,36 +43,110 @@ class Segmentation:
 
 
 class SelfSegPipeline:
-    """Models loaded once (BLIP now, the segmenter on first use); thread-compatible, not re-entrant:
-    serve concurrent callers through `selfseg_fast.serving.MicroBatcher`."""
+    """Models loaded once, on first use; thread-compatible, not re-entrant: serve concurrent callers
+    through `selfseg_fast.serving.MicroBatcher`."""
 
-    def __init__(self, cfg: SelfSegConfig) -> None:
-        self.cfg = cfg
-        self.device = resolve_device(cfg)
-        self.engine: Engine = build_engine(cfg)
+    def __init__(self, cfg: SelfSegConfig | None = None) -> None:
+        self.cfg = (cfg or SelfSegConfig()).validated(for_pipeline=True)  # fails here, before any model loads
+        if self.cfg.engine == "reference":
+            check_available("crfseg")  # the reference CRF's package: one line naming the fix, now
+        self.device = resolve_device(self.cfg)
+        self._engine: Engine | None = None
         self._segmenter = None
+        self._loading = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        preset_or_config: str | Path | SelfSegConfig = "voc",
+        *,
+        weights: str | None = None,
+        device: str | None = None,
+        engine: str | None = None,
+        blip: str | None = None,
+        checkpoint: str | None = None,
+        **overrides: Any,
+    ) -> SelfSegPipeline:
+        """A pipeline from a preset name ("voc", "ade20k", "cityscapes"), a JSON config file or a
+        `SelfSegConfig`, with keyword overrides of any config field: top-level ones by name
+        (`seed=1`, `batch_size=8`, `dtype="bfloat16"`), nested ones as `caption={"cycles": 3}` or
+        `caption__cycles=3`. `weights`: "pretrained" (default; the hub or a local folder), "random"
+        (full size) or "random-tiny"; `blip`: a BLIP hub id or folder; `checkpoint`: an X-Decoder .pt
+        file or URL. Unknown or invalid values are a one-line SelfSegError; nothing loads here."""
+        cfg = _base_config(preset_or_config)
+        named = {"weights": weights, "device": device, "engine": engine, "blip_model": blip}
+        changes = {key: value for key, value in named.items() if value is not None}
+        if checkpoint is not None:
+            changes["segmenter.checkpoint"] = checkpoint
+        changes.update({key.replace("__", "."): value for key, value in overrides.items()})
+        return cls(cfg.with_overrides(changes))
+
+    # ---- models, loaded on first use --------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The BLIP-Cluster-Caption engine (BLIP, spaCy, WordNet), built on first use."""
+        if self._engine is None:
+            with self._loading:
+                if self._engine is None:
+                    report(f"loading BLIP ({self.cfg.weights}) and the {self.cfg.engine} engine")
+                    self._engine = build_engine(self.cfg)
+        return self._engine
 
     @property
     def segmenter(self):
         """The X-Decoder segmenter, built on first use (a `caption`-only user never pays for it)."""
         if self._segmenter is None:
-            from selfseg_fast.models.xdecoder.segmenter import build_segmenter
+            with self._loading:
+                if self._segmenter is None:
+                    from selfseg_fast.models.xdecoder.segmenter import build_segmenter
 
-            self._segmenter = build_segmenter(self.cfg, self.device)
+                    report(f"loading X-Decoder ({self.cfg.segmenter.variant}, {self.cfg.weights})")
+                    self._segmenter = build_segmenter(self.cfg, self.device)
         return self._segmenter
 
-    def describe(self, images: list[LoadedImage]) -> list[ImageResult]:
+    def load(self, *, describe: bool = True, segment: bool = True) -> SelfSegPipeline:
+        """Load the models now instead of on first use (a service before its first request)."""
+        if describe:
+            _ = self.engine
+        if segment:
+            _ = self.segmenter
+        return self
+
+    # ---- public calls: any image input, one in -> one out, a list in -> a list out ----------------
+    def describe(self, images: Any) -> ImageResult | list[ImageResult]:
         """BLIP-Cluster-Caption + nouns for each image."""
+        loaded, single = as_images(images)
+        results = self._describe(loaded)
+        return results[0] if single else results
+
+    def describe_stream(self, images: Iterable[Any]) -> Iterator[ImageResult]:
+        """Like `describe`, for an iterable of any length: results come in input order as they finish."""
+        return self.engine.describe_stream(as_image(image, f"image[{i}]") for i, image in enumerate(images))
+
+    def segment(
+        self, images: Any, class_names: Sequence[str] | Sequence[Sequence[str]]
+    ) -> np.ndarray | list[np.ndarray]:
+        """Open-vocabulary segmentation with given names -> [H, W] int64 label maps (index into the
+        names, -1 where no name was given). `class_names`: one list for all images, or one per image."""
+        loaded, single = as_images(images)
+        try:
+            names = names_per_image(class_names, len(loaded))
+        except ValueError as exc:
+            raise SelfSegError(str(exc)) from None
+        maps = self._segment(loaded, names)
+        return maps[0] if single else maps
+
+    def run(self, images: Any) -> Segmentation | list[Segmentation]:
+        """The self-guided pipeline: describe, then segment each image with its own nouns."""
+        loaded, single = as_images(images)
+        results = self._run(loaded)
+        return results[0] if single else results
+
+    # ---- the work, on loaded images ----------------------------------------------------------------
+    def _describe(self, images: list[LoadedImage]) -> list[ImageResult]:
         return self.engine.describe(images)
 
-    def describe_stream(self, images: Iterable[LoadedImage]) -> Iterator[ImageResult]:
-        """Like `describe`, for an iterable of any length: results come in input order as they finish."""
-        return self.engine.describe_stream(images)
-
-    def segment(self, images: list[LoadedImage], class_names: list[list[str]]) -> list[np.ndarray]:
-        """Open-vocabulary segmentation with the given names per image -> [H, W] int64 label maps."""
-        if len(images) != len(class_names):
-            raise ValueError(f"{len(images)} images but {len(class_names)} name lists")
+    def _segment(self, images: list[LoadedImage], class_names: list[list[str]]) -> list[np.ndarray]:
         maps = []
         for image, names in zip(images, class_names):
             if not names:  # nothing was named: every pixel is unlabelled
@@ -68,20 +155,29 @@ class SelfSegPipeline:
                 maps.append(self.segmenter.segment(image.rgb, names))
         return maps
 
-    def run(self, images: list[LoadedImage]) -> list[Segmentation]:
-        """The self-guided pipeline: describe, then segment each image with its own nouns."""
-        described = self.describe(images)
+    def _run(self, images: list[LoadedImage]) -> list[Segmentation]:
+        described = self._describe(images)
         out = []
         for image, result in zip(images, described):
             timer = StageTimer(sync=True)
             with timer("segment"):
-                (label_map,) = self.segment([image], [result.nouns])
+                (label_map,) = self._segment([image], [result.nouns])
                 label_map, names = resegment(  # maskblip's second pass; a no-op unless configured
                     label_map,
                     result.nouns,
-                    lambda kept, im=image: self.segment([im], [kept])[0],
+                    lambda kept, im=image: self._segment([im], [kept])[0],
                     self.cfg.segmenter,
                 )
             result.stage_seconds.update(timer.as_dict())
             out.append(Segmentation(result, names, label_map))
         return out
+
+
+def _base_config(preset_or_config: str | Path | SelfSegConfig) -> SelfSegConfig:
+    """A preset name, a JSON config file, or a config (copied, so the caller's object is not shared)."""
+    if isinstance(preset_or_config, SelfSegConfig):
+        return preset_or_config.replace()
+    text = str(preset_or_config)
+    if text.endswith(".json") or Path(text).is_file():
+        return SelfSegConfig.from_file(text)
+    return SelfSegConfig.from_preset(text)

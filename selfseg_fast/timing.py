@@ -1,4 +1,5 @@
-"""Per-stage wall time, with an NVTX range per stage when CUDA is present (for Nsight / profilers)."""
+"""Per-stage wall time, with an NVTX range per stage when CUDA is present (for Nsight / profilers);
+each stage entered is also reported to `progress_hook` (what a command's progress bar shows)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from selfseg_fast.progress_hook import report
 
 
 class StageTimer:
@@ -19,6 +22,7 @@ class StageTimer:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        report(stage)
         if self.sync:
             torch.cuda.synchronize()
         nvtx = torch.cuda.is_available()

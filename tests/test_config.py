@@ -110,3 +110,77 @@ def test_segmenter_flags_reach_the_config_of_every_command_that_segments(command
     cfg = config_from_args(build_parser().parse_args([command, *required, *flags]))
     assert cfg.segmenter.checkpoint == "ckpt.pt"
     assert cfg.segmenter.backend == ("torch" if command == "export" else "onnxruntime")
+
+
+# ---- validation (pydantic over the dataclasses): one line per problem, before any model loads ----------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"caption.cycles": 0}, "caption.cycles = 0: must be >= 1"),
+        ({"seed": "abc"}, "seed = 'abc': input should be a valid integer"),
+        ({"seed": True}, "seed = True: input should be a valid integer"),
+        ({"batch_size": 2.5}, "batch_size = 2.5"),
+        ({"segmenter.test_short_side": -5}, "segmenter.test_short_side = -5: must be >= 1"),
+        ({"caption.top_p": 1.5}, "caption.top_p = 1.5: must be <= 1"),
+        ({"caption.top_p": 0}, "caption.top_p = 0: must be > 0"),
+        ({"caption.top_p": float("nan")}, "caption.top_p = nan: must be a finite number"),
+        (
+            {"cluster.align_cost": "cosine"},
+            "cluster.align_cost = 'cosine': choose one of 'iou' or 'disagreement'",
+        ),
+        ({"engine": "turbo"}, "engine = 'turbo': choose one of 'reference' or 'fast'"),
+        ({"cluster.k_values": [2, 0]}, "cluster.k_values.1 = 0: must be >= 1"),
+        ({"cluster.k_values": []}, "cluster.k_values: give at least one k"),
+        ({"caption.min_new_tokens": 30}, "must be <= caption.max_new_tokens (25)"),
+        ({"cluster.majority_filter_size": 4}, "must be odd"),
+        ({"device": "gpu"}, "device = 'gpu': use cpu, cuda"),
+        ({"caption.cycle": 3}, "unknown config key 'caption.cycle'; did you mean 'caption.cycles'?"),
+        ({"caption": 3}, "config key 'caption' is a section"),
+    ],
+)
+def test_invalid_values_are_one_line_errors(overrides, message) -> None:
+    with pytest.raises(SelfSegError) as info:
+        SelfSegConfig().with_overrides(overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_problem_is_named_at_once_and_valid_values_pass() -> None:
+    with pytest.raises(SelfSegError, match=r"seed = -1: must be >= 0; caption.cycles = 0"):
+        SelfSegConfig().with_overrides({"caption.cycles": 0, "seed": -1})
+    cfg = SelfSegConfig().with_overrides({"caption": {"top_p": 1, "cycles": 2}, "device": "cuda:1"})
+    assert cfg.caption.top_p == 1.0 and isinstance(cfg.caption.top_p, float) and cfg.caption.cycles == 2
+    assert cfg.caption.max_new_tokens == 25  # a section given as a dict is merged, not replaced
+
+
+def test_pipeline_rules_apply_to_a_pipeline_only() -> None:
+    encoder_only = SelfSegConfig().with_overrides({"encoder.resolutions": [384]})  # fine for the encoder
+    with pytest.raises(SelfSegError, match=r"the largest must be cluster.output_grid \(32\) x 16 px"):
+        encoder_only.validated(for_pipeline=True)
+
+
+def test_validated_checks_a_config_built_in_python() -> None:
+    cfg = SelfSegConfig()
+    cfg.caption.cycles = 0
+    with pytest.raises(SelfSegError, match="caption.cycles = 0"):
+        cfg.validated()
+    assert SelfSegConfig.from_preset("ade20k").validated() == SelfSegConfig.from_preset("ade20k")
+
+
+def test_config_file_with_a_wrong_type_names_the_file(tmp_path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"preset": "voc", "caption": {"cycles": "three"}}))
+    with pytest.raises(SelfSegError, match=r"run.json: invalid config: caption.cycles = 'three'"):
+        SelfSegConfig.from_file(path)
+    path.write_text(json.dumps({"preset": "coco"}))
+    with pytest.raises(SelfSegError, match="run.json: unknown preset 'coco'"):
+        SelfSegConfig.from_file(path)
+
+
+def test_set_keeps_text_for_text_fields() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    args = parser.parse_args(
+        ["--set", "blip_model=1234", "--set", "segmenter.checkpoint=null", "--set", "seed=7"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.blip_model, cfg.segmenter.checkpoint, cfg.seed) == ("1234", None, 7)

@@ -21,6 +21,7 @@ def test_export_command_and_onnxruntime_backend(tmp_path, capsys):
     onnx_file = tmp_path / "xdecoder.onnx"
     assert main(["export", "xdecoder", "--onnx", str(onnx_file), "--variant", "tiny"]) == 0
     out = capsys.readouterr().out
+    assert "[torch.onnx]" not in out  # the exporter's step lines are shown only with -v
     diff = float(out.split("max abs difference ")[1].split()[0])
     assert diff < 1e-3  # checked over (B, H, W, K) = (1, 96, 128, 4), (2, 64, 96, 7), (3, 160, 64, 1)
     proto = onnx.load(str(onnx_file))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from selfseg_fast import nlp_data
@@ -51,3 +53,25 @@ def test_setup_command_reports_ok(capsys):
 def test_missing_spacy_model_names_the_fix():
     with pytest.raises(nlp_data.NLPDataError, match="pip install"):
         nlp_data.spacy_pipeline.__wrapped__("no_such_model_xyz")
+
+
+def test_setup_reports_optional_packages_without_failing(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "crfseg", None)  # as if not installed
+    assert main(["setup"]) == 0  # optional pieces never fail setup
+    out = capsys.readouterr().out
+    assert "crfseg (optional): not installed:" in out and "pip install --no-deps crfseg==1.0.0" in out
+    assert "CLIP BPE file (optional):" in out
+
+
+def test_no_wordnet_anywhere_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    import nltk
+
+    monkeypatch.setenv("SELFSEG_NLTK_DATA", str(tmp_path / "nltk"))
+    monkeypatch.setattr(nlp_data, "DEBIAN_WORDNET_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: False)  # offline
+    with pytest.raises(nlp_data.NLPDataError) as info:
+        nlp_data.wordnet.__wrapped__()
+    message = str(info.value)
+    assert "WordNet for NLTK not found" in message and "apt-get install wordnet-base" in message
+    assert "\n" not in message

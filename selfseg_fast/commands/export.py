@@ -11,9 +11,17 @@ official checkpoint or --checkpoint); --variant tiny means --weights random-tiny
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import sys
+from collections.abc import Iterator
+
+from tqdm import tqdm
 
 from selfseg_fast.commands.options import add_config_options, add_segmenter_options, config_from_args
+from selfseg_fast.console import VERBOSE, verbosity
 from selfseg_fast.errors import SelfSegError
+from selfseg_fast.progress_hook import progress_bar, report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,19 +55,41 @@ def run(args: argparse.Namespace) -> int:
     from selfseg_fast.models.xdecoder.segmenter import build_model
 
     sc = cfg.segmenter
-    model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config)
-    path = export_onnx(model, args.onnx, opset=args.opset)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    if not args.no_check:
-        diff = check_onnx(model, path)
-        print(f"ONNX Runtime vs PyTorch: max abs difference {diff:.2e}")
-        if diff > 1e-3:
-            raise SelfSegError(
-                f"the exported graph disagrees with PyTorch (max abs {diff:.2e})", path=str(path)
-            )
-    if args.tensorrt:
-        from selfseg_export.tensorrt_engine import build_engine
+    steps = 2 + (not args.no_check) + bool(args.tensorrt)
+    with progress_bar(total=steps, desc="export", unit="step") as bar:
+        report(f"loading X-Decoder ({sc.variant}, {cfg.weights})")
+        model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config)
+        bar.update(1)
+        report("exporting to ONNX")
+        with _exporter_output_hidden():
+            path = export_onnx(model, args.onnx, opset=args.opset)
+        bar.update(1)
+        tqdm.write(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stdout)
+        if not args.no_check:
+            report("checking ONNX Runtime against PyTorch")
+            diff = check_onnx(model, path)
+            bar.update(1)
+            tqdm.write(f"ONNX Runtime vs PyTorch: max abs difference {diff:.2e}", file=sys.stdout)
+            if diff > 1e-3:
+                raise SelfSegError(
+                    f"the exported graph disagrees with PyTorch (max abs {diff:.2e})", path=str(path)
+                )
+        if args.tensorrt:
+            from selfseg_export.tensorrt_engine import build_engine
 
-        engine = build_engine(path, args.tensorrt, proj_dim=model.cfg.decoder.proj_dim)
-        print(f"wrote {engine} (TensorRT fp16)")
+            report("building the TensorRT engine")
+            engine = build_engine(path, args.tensorrt, proj_dim=model.cfg.decoder.proj_dim)
+            bar.update(1)
+            tqdm.write(f"wrote {engine} (TensorRT fp16)", file=sys.stdout)
     return 0
+
+
+@contextlib.contextmanager
+def _exporter_output_hidden() -> Iterator[None]:
+    """The torch.onnx exporter prints its steps ('[torch.onnx] Obtain model graph ...') to stdout: keep
+    them for -v, where they help to see where an export fails."""
+    if verbosity() >= VERBOSE:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

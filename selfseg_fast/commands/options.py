@@ -33,12 +33,13 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
         default=None,
         help="BLIP hub id or local folder (default Salesforce/blip-image-captioning-large)",
     )
-    group.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
+    group.add_argument("--seed", type=int, default=None, help="random seed >= 0 (same seed, same output)")
     group.add_argument(
         "--engine",
         choices=["reference", "fast"],
         default=None,
-        help="reference (plain, per image) or fast (batched; default where CUDA is present)",
+        help="fast (default: batched, CPU or GPU) or reference (plain, per image, the paper's libraries; "
+        "slow by design, needs crfseg)",
     )
     group.add_argument(
         "--kmeans",
@@ -105,22 +106,18 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    if getattr(args, "engine", None) is None:
-        overrides["engine"] = default_engine()
     if getattr(args, "kmeans", None):
         overrides["cluster.kmeans_backend"] = args.kmeans
     if getattr(args, "checkpoint", None):
         overrides["segmenter.checkpoint"] = args.checkpoint
     if getattr(args, "segmenter_backend", None):
         overrides["segmenter.backend"] = args.segmenter_backend
+    current = cfg.to_dict()
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
             raise SelfSegError(f"--set {item!r}: expected KEY=VALUE, e.g. --set caption.cycles=3")
-        try:
-            overrides[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = raw
+        overrides[key.strip()] = parse_set_value(raw, _lookup(current, key.strip()))
     cfg = cfg.with_overrides(overrides)
     if getattr(args, "revision", None):  # pins the hub checkpoint: SOURCE@REVISION
         from selfseg_fast.models.xdecoder.checkpoint_files import DEFAULT_CHECKPOINT, split_revision
@@ -130,8 +127,22 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
     return cfg
 
 
-def default_engine() -> str:
-    """The fast engine where CUDA is present, else the reference engine."""
-    import torch
+def parse_set_value(raw: str, current: Any) -> Any:
+    """A --set value: JSON (3, 0.5, true, null, [2, 4]), else the text itself. A text field keeps the
+    text as typed (--set blip_model=1234 is the string '1234', not a number)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    if isinstance(current, str) and not isinstance(value, str) and value is not None:
+        return raw
+    return value
 
-    return "fast" if torch.cuda.is_available() else "reference"
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None  # unknown: with_overrides names it
+        node = node[part]
+    return node

@@ -1,11 +1,17 @@
-"""`selfseg-fast setup`: check (and build, where possible offline) the NLP data the noun stage needs.
+"""`selfseg-fast setup`: check (and build, where possible offline) the data and packages each path needs.
 
-Prints one line per item; exits 1 if something is missing, with the command that fixes it.
+Prints one line per item with the command that fixes it. Required (the noun stage): the spaCy model
+and WordNet; exit 1 if one is missing. Optional (reported, never an error): crfseg for
+`--engine reference`, and the CLIP BPE file that `open_clip_torch` ships, which lets X-Decoder's
+tokenizer load offline (else it comes from the hub).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+
+from selfseg_fast.optional_deps import OPTIONAL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,4 +27,26 @@ def run(args: argparse.Namespace) -> int:
     for item, ok, detail in check_all(args.spacy_model):
         print(f"{item}: {'ok' if ok else 'MISSING'}: {detail}")
         ok_all &= ok
+    for item, ok, detail in optional_checks():
+        print(f"{item} (optional): {'ok' if ok else 'not installed'}: {detail}")
     return 0 if ok_all else 1
+
+
+def optional_checks() -> list[tuple[str, bool, str]]:
+    """(item, ok, detail) for the packages only some paths need; nothing is imported."""
+    from selfseg_fast.models.xdecoder.tokenizer import bundled_bpe_path
+
+    needed_for, fix = OPTIONAL["crfseg"]
+    crfseg = importlib.util.find_spec("crfseg") is not None
+    bpe = bundled_bpe_path()
+    return [
+        ("crfseg", crfseg, f"for {needed_for}" if crfseg else f"needed for {needed_for}; fix: {fix}"),
+        (
+            "CLIP BPE file",
+            bpe is not None,
+            str(bpe)
+            if bpe
+            else "X-Decoder's tokenizer then comes from the hub (openai/clip-vit-base-patch32); offline, "
+            "fix: pip install --no-deps open_clip_torch",
+        ),
+    ]

@@ -12,7 +12,6 @@ Running out of GPU memory halves the batch and retries it; no image is lost.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -47,7 +46,7 @@ class FastEngine:
             self.blip.model.text_decoder.to(self.encoder.dtype)  # the caption sampler runs in fp16/bf16 too
         self.nouns = NounExtractor(cfg.nouns)
         self.batch_size = max(1, cfg.batch_size)
-        print(f"selfseg-fast: {self.paths_note()}", file=sys.stderr)
+        log.info(self.paths_note())
         self._noun_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfseg-nouns")
 
     def paths_note(self) -> str:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selfseg_fast.optional_deps import require
+
 
 # ---- CRF -------------------------------------------------------------------------------------------------
 def crf_reference(
@@ -31,9 +33,7 @@ def crf_reference(
     filter_size: int = 11,
 ) -> torch.Tensor:  # [C, H, W] CRF logits
     """crfseg's CRF on one vote map (channels first)."""
-    from crfseg import CRF
-
-    crf = CRF(
+    crf = require("crfseg").CRF(
         n_spatial_dims=2,
         filter_size=filter_size,
         n_iter=iterations,
