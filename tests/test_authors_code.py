@@ -140,11 +140,10 @@ def test_pipeline_run_resegments_when_configured():
             self.calls.append(list(names))
             return np.zeros(rgb.shape[:2], dtype=np.int64)  # the first name everywhere
 
-    image = type("Image", (), {"rgb": np.zeros((8, 8, 3), np.uint8)})()
+    image = np.zeros((8, 8, 3), np.uint8)  # any API input
     for resegment_on, expected in ((False, ["sky", "car"]), (True, ["car"])):
-        pipe = object.__new__(SelfSegPipeline)
-        pipe.cfg = SelfSegConfig().with_overrides({"segmenter.resegment": resegment_on})
-        pipe.engine, pipe._segmenter = Engine(), Segmenter()
+        pipe = SelfSegPipeline(SelfSegConfig().with_overrides({"segmenter.resegment": resegment_on}))
+        pipe._engine, pipe._segmenter = Engine(), Segmenter()  # models stand-ins: nothing loads
         (result,) = pipe.run([image])
         assert result.class_names == expected  # "sky" covered 100 %: dropped, segmented again with "car"
         assert len(pipe._segmenter.calls) == (2 if resegment_on else 1)
