@@ -356,7 +356,8 @@ def test_cli_table_results_json_and_cycles_sweep(cli, capsys):
         assert data["provenance"]["schema_version"] >= 2 and "libraries" in data["provenance"]
     # Everything is on disk: a rerun loads no model at all.
     made.clear()
-    assert main(argv + ["--llm", "wordnet", "--cycles-sweep", "1"]) == 0 and made == []
+    rerun = argv + ["--llm", "wordnet", "--cycles-sweep", "1", "--engine", "reference"]
+    assert main(rerun) == 0 and made == []
     assert main(argv + ["--cycles-sweep", "0"]) == 2  # one-line error, exit 2
 
 

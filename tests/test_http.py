@@ -304,8 +304,11 @@ def test_the_engine_is_chosen_like_the_cli(monkeypatch):
     monkeypatch.setattr(module, "SelfSegService", lambda cfg, options: seen.update(cfg=cfg))
     module.main(["--weights", "random-tiny"])
     seen["app"].state.holder.factory()
-    assert seen["cfg"].engine == "fast"  # CUDA present -> fast, as `selfseg-fast` picks it
+    assert seen["cfg"].engine == "fast"  # the default engine, as `selfseg-fast` picks it
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     module.main(["--weights", "random-tiny"])
+    seen["app"].state.holder.factory()
+    assert seen["cfg"].engine == "fast"  # on a CPU too (it needs no crfseg and is the faster one there)
+    module.main(["--weights", "random-tiny", "--engine", "reference"])
     seen["app"].state.holder.factory()
     assert seen["cfg"].engine == "reference"
