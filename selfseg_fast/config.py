@@ -39,7 +39,7 @@ class ClusterConfig:
     k_values: tuple[int, ...] = (2, 8)  # paper; maskblip: 2..8 (range(2, 9))
     kmeans_max_iter: int = 300  # scikit-learn default
     kmeans_tol: float = 1e-4  # scikit-learn default (relative to the mean per-feature variance)
-    kmeans_n_init: int = 1
+    kmeans_n_init: int = 1  # k-means restarts with different seeds, the lowest inertia kept (both paths)
     # Fast engine's k-means: "torch" (all problems in one batched computation, Triton assignment on
     # CUDA) or "cuml" (cuML's KMeans per problem, as the design card names it; optional import, GPU only).
     kmeans_backend: Literal["torch", "cuml"] = "torch"
@@ -73,7 +73,12 @@ class CaptionConfig:
     repetition_penalty: float = 100.0  # paper; maskblip's LAVIS path effectively used 1.1
     do_sample: bool = True  # False: greedy decoding (parity checks)
     cycles: int = 1  # captioning cycles per cluster; set by the preset
-    prompt: str = ""  # no text prompt: the decoder starts from [DEC]
+    # Text fed after [DEC] before sampling (LAVIS, the authors' code: "a picture of "); "" = none.
+    prompt: str = ""
+    keep_prompt_text: bool = False  # True: the returned caption still starts with the prompt text
+    # True: min/max_new_tokens count the whole sequence ([DEC] + prompt included), as HF's
+    # min_length/max_length do in LAVIS; False: they count generated tokens only (the paper's 4 / 25).
+    length_includes_prompt: bool = False
     bos_token_id: int = 30522  # BLIP's [DEC]
     eos_token_id: int = 102  # [SEP]
     pad_token_id: int = 0
@@ -87,6 +92,9 @@ class NounConfig:
     min_length: int = 1  # maskblip: 3 (kept only nouns longer than 2 letters)
     block_list: tuple[str, ...] = ()  # maskblip: MASKBLIP_BLOCK_LIST
     drop_colour_words: bool = False  # maskblip: True
+    # Fast engine: spaCy worker processes for the nouns of many captions (None: one per core left
+    # after the main process, at most 8; 0: a thread of the main process). Same nouns either way.
+    workers: int | None = None
 
 
 MASKBLIP_BLOCK_LIST = (

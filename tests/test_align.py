@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -85,17 +84,6 @@ def test_batched_alignment_and_votes_equal_reference():
 def test_reference_run_is_first_with_most_clusters():
     runs = [np.array([[0, 1]]), np.array([[0, 2]]), np.array([[0, 0]])]
     assert reference_run_index(runs) == 0
-
-
-@pytest.mark.gpu
-def test_cupy_intersections_equal_torch():
-    pytest.importorskip("cupy")
-    from selfseg_fast.stages.align import intersections_cupy, intersections_torch
-
-    runs = torch.randint(0, 8, (6, 1024), device="cuda")
-    refs = torch.randint(0, 8, (6, 1024), device="cuda")
-    for got, want in zip(intersections_cupy(runs, refs, 8), intersections_torch(runs, refs, 8)):
-        assert torch.equal(got, want)
 
 
 def test_torch_intersections_count_label_pairs():
