@@ -122,6 +122,16 @@ class SegmenterConfig:
     official_config: str | None = None
     test_short_side: int = 640  # ADE 640, Cityscapes 1024; set by the preset
     test_max_size: int = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
+    # The test resize: "bilinear" is detectron2's ResizeShortestEdge (the ADE/Cityscapes evaluations);
+    # "bicubic" is what the official 512-px demo (`infer_semseg.py`) and the authors' maskblip code use.
+    resize_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    # At most this many class names per image: a self-guided run keeps its first `max_names` nouns
+    # (first-seen order); explicit names beyond it are refused (ResourceError).
+    max_names: int = 256
+    # A request whose estimated peak memory (MiB, device + host, see README "Memory") is over this is
+    # refused with ResourceError before anything is allocated; None: no budget.
+    memory_budget_mb: float | None = None
+    max_batch: int = 8  # fast path: images of one padded size per image-branch pass
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     # onnxruntime: the file written by `selfseg-fast export xdecoder --onnx FILE`;
     # tensorrt: the engine built from it by `selfseg-fast export xdecoder --onnx FILE --tensorrt ENGINE`.
