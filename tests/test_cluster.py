@@ -49,3 +49,31 @@ def test_patch_indices_and_rows_cover_grid():
         assert sum(len(v) for v in idx.values()) == 1024
         assert all((grids[b].reshape(-1)[torch.from_numpy(v)] == c).all() for c, v in idx.items())
     assert record.rows() == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 3)]
+
+
+def test_cluster_stage_syncs_do_not_grow_with_the_batch():
+    """Host syncs of the whole clustering stage: one k-means check per CHECK_EVERY iterations and
+    resolution, one Hungarian copy, one copy of the grids; the same for 1 image or 4 like it."""
+    from selfseg_fast.counters import OpCounter
+
+    gen = torch.Generator().manual_seed(1)
+    one = {384: _features(1, 24, gen), 512: _features(1, 32, gen)}
+    counts = []
+    for b in (1, 4):
+        feats = {
+            r: PatchFeatures(f.resolution, f.grid, f.tokens.repeat(b, 1, 1), f.position)
+            for r, f in one.items()
+        }
+        with OpCounter() as counter:
+            cluster_grid_batched(feats, SelfSegConfig(), [7] * b)
+        counts.append(counter.get().syncs)
+    assert counts[0] == counts[1] <= 6, counts
+
+
+def test_kmeans_restarts_reach_both_paths():
+    gen = torch.Generator().manual_seed(2)
+    cfg = SelfSegConfig().with_overrides({"cluster.kmeans_n_init": 3})
+    feats = {384: _features(2, 24, gen), 512: _features(2, 32, gen)}
+    fast = cluster_grid_batched(feats, cfg, [5, 6]).labels
+    for b in range(2):
+        assert (cluster_grid_reference(feats, b, cfg, [5, 6][b]) == fast[b]).float().mean() >= 0.99

@@ -55,8 +55,9 @@ class FastEngine:
         self.blip = dataclasses.replace(bundle, device=self.device)
         self.prep = HostPrep(cfg.seed, cfg.encoder.resolutions, self.plan)
         self.nouns = NounExtractor(cfg.nouns, workers=self.plan.noun_workers)
-        self.nouns.start_workers()
         self.batch_size = max(1, cfg.batch_size)  # lowered for good on CUDA out-of-memory
+        if self.batch_size * cfg.caption.cycles * max(cfg.cluster.k_values) >= self.nouns.min_parallel:
+            self.nouns.start_workers()  # batches big enough for the worker processes: start them now
         self.oom_events = 0
         self._host_stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfseg-host")
         print(f"selfseg-fast: {self.plan.note()}", file=sys.stderr)
