@@ -274,6 +274,8 @@ def caption_batched(
     clusters: list[torch.Tensor],  # K tensors [n_k, C]: each cluster's patch tokens
     cfg: SelfSegConfig,
     seeds: list[int],  # one per cluster
+    *,
+    sync_every: int = 4,
 ) -> list[list[str]]:  # [K][cycles]
     """`sample_captions` for loose clusters (tests, tools): each cluster is packed as an image of its
     own patches (padding patches belong to no cluster), decoded and turned into text."""
@@ -287,6 +289,7 @@ def caption_batched(
     for i, c in enumerate(clusters):
         tokens[i, : c.shape[0]] = c.to(device, dtype)
         labels[i, : c.shape[0]] = 0
-    ids = sample_captions(bundle, tokens, labels, [(i, 0) for i in range(len(clusters))], seeds, cc)
+    rows = [(i, 0) for i in range(len(clusters))]
+    ids = sample_captions(bundle, tokens, labels, rows, seeds, cc, sync_every=sync_every)
     texts = decode_captions(bundle.tokenizer, ids, cc)
     return [texts[k * cc.cycles : (k + 1) * cc.cycles] for k in range(len(clusters))]
