@@ -70,10 +70,11 @@ __all__ = [
 PIXEL_MEAN = (123.675, 116.280, 103.530)
 PIXEL_STD = (58.395, 57.120, 57.375)
 SIZE_DIVISIBILITY = 32
-# Peak bytes of the image branch per pixel of its (padded) input, float32, measured on CPU with the
-# random-weight Focal-T model (benchmarks/RESULTS.md); half of it in float16. The model input is capped
-# by the test size, so this part of the peak does not grow with the image.
-MODEL_BYTES_PER_INPUT_PX = 2400
+# Peak bytes of the image branch per pixel of its (padded) input, float32, for a backbone of width 96
+# (Focal-T): measured 650-700 on CPU with random weights (peak resident memory, 512 x 512 and
+# 512 x 1024 inputs), rounded up; scaled by the backbone width, halved in float16. The model input is
+# capped by the test size, so this part of the peak does not grow with the image.
+MODEL_BYTES_PER_INPUT_PX = 1000
 
 
 class _SemSegHead(nn.Module):
@@ -214,7 +215,8 @@ class XDecoderSegmenter:
             -(-w // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY,
         )
         elem = torch.finfo(self.dtype).bits // 8
-        model = MODEL_BYTES_PER_INPUT_PX * elem // 4 * ph * pw
+        width = self.model.cfg.backbone.embed_dim / 96
+        model = int(MODEL_BYTES_PER_INPUT_PX * width * elem / 4 * ph * pw)
         q, pixels = self.model.cfg.decoder.num_queries, height * width
         if (
             self.fast
