@@ -215,13 +215,11 @@ class XDecoderSegmenter:
             -(-w // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY,
         )
         elem = torch.finfo(self.dtype).bits // 8
-        width = self.model.cfg.backbone.embed_dim / 96
-        model = int(MODEL_BYTES_PER_INPUT_PX * width * elem / 4 * ph * pw)
+        backbone = self.model.cfg.backbone.embed_dim / 96  # relative to Focal-T's width
+        model = int(MODEL_BYTES_PER_INPUT_PX * backbone * elem / 4 * ph * pw)
         q, pixels = self.model.cfg.decoder.num_queries, height * width
-        if (
-            self.fast
-        ):  # upsampling matrices (float32), tiles, int32 label map on the device, int64 on the host
-            out = 4 * (height * ph // 4 + width * pw // 4) + TILE_BYTES + 12 * pixels
+        if self.fast:  # upsampling matrices (float32), a tile and its column pass, int32 + int64 labels
+            out = 4 * (height * ph // 4 + width * pw // 4) + 2 * TILE_BYTES + 12 * pixels
         else:  # resized masks (twice), scores, int64 label map
             out = (4 * (2 * q + n_names) + 8) * pixels
         return model + out
