@@ -20,6 +20,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
+
+from selfseg_fast.stages.align import intersections_torch, linear_sum_assignment_batched
+from selfseg_fast.stages.denoise import clean_batched, clean_reference, crf_batched, crf_reference
+from selfseg_kernels.kmeans_assign import assign_nearest_torch, assign_nearest_triton, triton_importable
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
@@ -38,12 +43,6 @@ def _time(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
 
 
 def bench(device: torch.device, batch: int, repeat: int) -> list[dict]:
-    from scipy.optimize import linear_sum_assignment
-
-    from selfseg_fast.stages.align import intersections_torch, linear_sum_assignment_batched
-    from selfseg_fast.stages.denoise import clean_batched, clean_reference, crf_batched, crf_reference
-    from selfseg_kernels.kmeans_assign import assign_nearest_torch, assign_nearest_triton, triton_importable
-
     gen = torch.Generator().manual_seed(0)
     rows = []
 

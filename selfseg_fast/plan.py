@@ -39,6 +39,7 @@ class ExecutionPlan:
     iou_counter: Literal["numpy", "torch", "cupy"]
     denoise: Literal["crfseg", "conv"]
     sampler: Literal["hf-generate", "batched"]
+    sampler_graphs: bool  # the caption decode step replayed from CUDA graphs (CUDA with compile=true)
     nouns: Literal["per-caption", "pipe"]
     noun_workers: int  # spaCy worker processes (0: in a thread of this process)
     prep_workers: int  # threads for the host image work (resize, pixel CRC); 0: inline
@@ -64,17 +65,21 @@ class ExecutionPlan:
         kmeans = "cuML" if self.kmeans == "cuml" else "batched torch"
         if self.kmeans == "torch":
             kmeans += " + Triton assignment" if self.kmeans_assign == "triton" else " (torch assignment)"
-        seg_dt = str(self.segmenter_dtype).removeprefix("torch.")
-        return (
-            f"fast engine on {self.device}: encoder SDPA {dt}{' compiled' if self.compile_encoder else ''}; "
-            f"k-means {kmeans}; IoU {self.iou_counter}; Hungarian {self.hungarian}; CRF/filter conv; "
-            f"captions batched sampler {dt}; nouns {self._workers(self.noun_workers, 'process')}; "
-            f"image prep {self._workers(self.prep_workers, 'thread')}"
-            f"{', pinned' if self.pinned_memory else ''}; X-Decoder {self.segmenter_backend} {seg_dt}"
-            f"{' channels_last' if self.segmenter_channels_last else ''}"
-            f"{' compiled' if self.segmenter_compile else ''}"
-            f"{' on its own stream' if self.segmenter_stream else ''}, text encoder {self.text_encoder}"
-        )
+        seg = f"{self.segmenter_backend} {str(self.segmenter_dtype).removeprefix('torch.')}"
+        seg += " channels_last" * self.segmenter_channels_last + " compiled" * self.segmenter_compile
+        seg += " on its own stream" * self.segmenter_stream
+        parts = [
+            f"fast engine on {self.device}: encoder SDPA {dt}" + " compiled" * self.compile_encoder,
+            f"k-means {kmeans}",
+            f"IoU {self.iou_counter}",
+            f"Hungarian {self.hungarian}",
+            "CRF/filter conv",
+            f"captions batched sampler {dt}" + " CUDA graphs" * self.sampler_graphs,
+            f"nouns {self._workers(self.noun_workers, 'process')}",
+            f"image prep {self._workers(self.prep_workers, 'thread')}" + ", pinned" * self.pinned_memory,
+            f"X-Decoder {seg}, text encoder {self.text_encoder}",
+        ]
+        return "; ".join(parts)
 
     @staticmethod
     def _workers(n: int, kind: str) -> str:
@@ -120,6 +125,7 @@ def resolve_plan(
         iou_counter=("cupy" if on_gpu and _cupy_importable() else "torch") if fast else "numpy",
         denoise="conv" if fast else "crfseg",
         sampler="batched" if fast else "hf-generate",
+        sampler_graphs=fast and on_gpu and cfg.compile,
         nouns="pipe" if fast else "per-caption",
         noun_workers=_noun_workers(cfg) if fast else 0,
         prep_workers=min(8, cpu_count()) if fast else 0,

@@ -102,6 +102,7 @@ def test_out_of_memory_halves_the_batch_for_good_and_loses_nothing(greedy_cfg, c
 
     engine = FastEngine(greedy_cfg.with_overrides({"batch_size": 4}))
     assert "k-means batched torch" in capsys.readouterr().err  # the one-line note of which paths run
+    assert all(p.is_meta for p in engine.blip.model.vision_model.parameters())  # HF's tower: not kept
     real, seen = engine._device_stages, []
 
     def tight_memory(prepared):

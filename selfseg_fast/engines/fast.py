@@ -122,7 +122,15 @@ class FastEngine:
             rows = grid.rows()  # (image, cluster id), from the grid's host copy
             row_seeds = [derived_seed(seeds[b], cid) for b, cid in rows]
             top = features[max(features)]  # the 512-px patches feed the captioner
-            ids = sample_captions(self.blip, top.tokens, grid.labels.flatten(1), rows, row_seeds, cfg.caption)
+            ids = sample_captions(
+                self.blip,
+                top.tokens,
+                grid.labels.flatten(1),
+                rows,
+                row_seeds,
+                cfg.caption,
+                cuda_graphs=self.plan.sampler_graphs,
+            )
         per_image = {stage: sec / len(seeds) for stage, sec in timer.as_dict().items()}
         return DeviceBatch(prepared.images, grid, CaptionTokens(rows, cfg.caption.cycles, ids), per_image)
 

@@ -46,7 +46,7 @@ from selfseg_fast.models.blip_text_fast import CrossLayout, FastBlipTextDecoder
 
 # ---- prompt and lengths (both paths) ---------------------------------------------------------------------
 @dataclass(frozen=True)
-class DecodePlan:
+class DecodeSpec:
     """The token prefix and the number of tokens to generate after it, from a CaptionConfig."""
 
     prefix: tuple[int, ...]  # [DEC] + prompt tokens
@@ -54,7 +54,7 @@ class DecodePlan:
     max_new: int
 
     @classmethod
-    def from_config(cls, tokenizer, cc: CaptionConfig) -> DecodePlan:
+    def from_config(cls, tokenizer, cc: CaptionConfig) -> DecodeSpec:
         prompt = tuple(tokenizer(cc.prompt, add_special_tokens=False)["input_ids"]) if cc.prompt else ()
         prefix = (cc.bos_token_id, *prompt)
         skip = len(prefix) if cc.length_includes_prompt else 0
@@ -82,7 +82,7 @@ def caption_reference(
 ) -> list[str]:  # cfg.caption.cycles captions
     """HF `generate` on one cluster's embeddings [n, C]; the cycles are the rows of one call."""
     cc = cfg.caption
-    plan = DecodePlan.from_config(bundle.tokenizer, cc)
+    plan = DecodeSpec.from_config(bundle.tokenizer, cc)
     decoder = bundle.model.text_decoder
     dtype = next(decoder.parameters()).dtype
     enc = cluster_embeds.to(bundle.device, dtype)[None].expand(cc.cycles, -1, -1)
@@ -185,68 +185,108 @@ def sample_captions(
     cc: CaptionConfig,
     *,
     sync_every: int = 4,
+    cuda_graphs: bool = False,
 ) -> np.ndarray:  # [len(rows) * cycles, T] int64 token ids (prefix included, pad after [SEP])
     """Every row x cycle decoded together; see the module docstring."""
-    plan = DecodePlan.from_config(bundle.tokenizer, cc)
-    total = len(rows) * cc.cycles
-    width = len(plan.prefix) + plan.max_new
+    spec = DecodeSpec.from_config(bundle.tokenizer, cc)
     if not rows:
-        return np.zeros((0, width), dtype=np.int64)
-    device = image_tokens.device
+        return np.zeros((0, len(spec.prefix) + spec.max_new), dtype=np.int64)
     decoder = FastBlipTextDecoder(bundle.model.text_decoder)
     decoder.start(image_tokens)
-    row_image = [b for b, _ in rows for _ in range(cc.cycles)]  # row = cluster row * cycles + cycle
-    image_index = torch.tensor(row_image).to(device, non_blocking=True)
-    cluster_id = torch.tensor([c for _, c in rows for _ in range(cc.cycles)]).to(device, non_blocking=True)
-    row_mask = labels.index_select(0, image_index) == cluster_id[:, None]  # [R, N]
-    state = _DecodeState.start(
-        decoder, plan, total, width, row_uniforms(seeds, cc.cycles, plan.max_new).to(device)
-    )
-    state.layout = CrossLayout.build(row_image, row_mask, image_tokens.shape[0])
-    for t in range(len(plan.prefix) - 1):  # feed the prompt (its logits are not needed)
-        decoder.step(state.tokens[:, t], torch.tensor([t], device=device), state.cache, state.layout)
-    for step in range(plan.max_new):
-        pos = len(plan.prefix) - 1 + step
-        logits = decoder.step(
-            state.tokens[:, pos], torch.tensor([pos], device=device), state.cache, state.layout
-        )
+    state = _DecodeState.start(decoder, spec, rows, labels, row_uniforms(seeds, cc.cycles, spec.max_new), cc)
+    step = _Stepper(decoder, cuda_graphs)
+    for pos in range(len(spec.prefix) - 1):  # feed the prompt (its logits are not needed)
+        step(state, pos)
+    for new in range(spec.max_new):
+        pos = len(spec.prefix) - 1 + new
+        logits = step(state, pos)
         nxt = sample_next(
-            logits.float(), state.tokens[:, : pos + 1], step, state.uniforms[:, step], cc, plan.min_new
+            logits.float(), state.tokens[:, : pos + 1], new, state.uniforms[:, new], cc, spec.min_new
         )
-        nxt = torch.where(state.finished, cc.pad_token_id, nxt)
-        state.tokens[:, pos + 1] = nxt
-        state.finished |= nxt == cc.eos_token_id
-        at_check = (step + 1) % sync_every == 0 and step + 1 < plan.max_new
-        if at_check and not state.check_and_compact(decoder, row_image, row_mask):  # the one host sync
+        state.append(pos + 1, nxt, cc)
+        at_check = (new + 1) % sync_every == 0 and new + 1 < spec.max_new
+        if at_check and not state.check_and_compact(decoder):  # the one host sync
             break
     state.flush()
     return to_host(state.out)
+
+
+class _Stepper:
+    """`decoder.step` for the current rows: eager, or (on CUDA, `cuda_graphs`) replayed from a CUDA
+    graph captured at the first step after every change of the rows (start, compaction): the cache
+    and the cross layout stay the same in between, only the token and the position change."""
+
+    def __init__(self, decoder: FastBlipTextDecoder, cuda_graphs: bool) -> None:
+        self.decoder, self.enabled = decoder, cuda_graphs and torch.cuda.is_available()
+        self.graph, self.layout = None, None
+
+    def __call__(self, state: _DecodeState, pos: int) -> torch.Tensor:  # [R, V]
+        tokens = state.tokens[:, pos]
+        if not self.enabled:
+            return self.decoder.step(
+                tokens, torch.tensor([pos], device=tokens.device), state.cache, state.layout
+            )
+        if self.layout is not state.layout:
+            return self._capture(state, tokens, pos)
+        self.tokens.copy_(tokens)
+        self.pos.fill_(pos)
+        self.graph.replay()
+        return self.out
+
+    def _capture(self, state: _DecodeState, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """Run this step eagerly on a side stream (the warm-up capture needs), then capture it."""
+        self.tokens, self.pos = tokens.clone(), torch.tensor([pos], device=tokens.device)
+        side = torch.cuda.Stream(tokens.device)
+        side.wait_stream(torch.cuda.current_stream(tokens.device))
+        with torch.cuda.stream(side):
+            logits = self.decoder.step(self.tokens, self.pos, state.cache, state.layout).clone()
+        torch.cuda.current_stream(tokens.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records only: the cache is not written again
+            self.out = self.decoder.step(self.tokens, self.pos, state.cache, state.layout)
+        self.layout = state.layout
+        return logits
 
 
 class _DecodeState:
     """The rows still decoding: their tokens, cache, random draws and cross layout, plus the output
     of every row (finished rows are written there when they are compacted away)."""
 
-    def __init__(self, decoder, tokens, cache, uniforms, out, row_ids) -> None:
-        self.tokens, self.cache, self.uniforms, self.out, self.row_ids = tokens, cache, uniforms, out, row_ids
-        self.finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        self.layout: CrossLayout | None = None
+    def __init__(self, tokens, cache, uniforms, row_image, row_mask, images) -> None:
+        device = tokens.device
+        self.tokens, self.cache, self.uniforms = tokens, cache, uniforms
+        self.out, self.row_ids = tokens.clone(), torch.arange(tokens.shape[0], device=device)
+        self.finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
+        self.row_image, self.row_mask, self.images = row_image, row_mask, images
         self.live = list(range(tokens.shape[0]))  # host copy of row_ids
+        self.layout = CrossLayout.build(row_image, row_mask, images)
 
     @classmethod
-    def start(cls, decoder, plan: DecodePlan, rows: int, width: int, uniforms: torch.Tensor) -> _DecodeState:
-        device = uniforms.device
-        tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
-        tokens[:, : len(plan.prefix)] = torch.tensor(plan.prefix, device=device)
-        out = tokens.clone()
-        return cls(
-            decoder, tokens, decoder.new_cache(rows, width), uniforms, out, torch.arange(rows, device=device)
+    def start(cls, decoder, spec: DecodeSpec, rows, labels, uniforms, cc: CaptionConfig) -> _DecodeState:
+        """Rows are cluster-major: row = cluster row * cycles + cycle."""
+        device = labels.device
+        row_image = [b for b, _ in rows for _ in range(cc.cycles)]
+        image_index = torch.tensor(row_image).to(device, non_blocking=True)
+        cluster_id = torch.tensor([c for _, c in rows for _ in range(cc.cycles)]).to(
+            device, non_blocking=True
         )
+        row_mask = labels.index_select(0, image_index) == cluster_id[:, None]  # [R, N]
+        width = len(spec.prefix) + spec.max_new
+        tokens = torch.zeros(len(row_image), width, dtype=torch.long, device=device)
+        tokens[:, : len(spec.prefix)] = torch.tensor(spec.prefix, device=device)
+        cache = decoder.new_cache(len(row_image), width)
+        return cls(tokens, cache, uniforms.to(device), row_image, row_mask, labels.shape[0])
+
+    def append(self, column: int, nxt: torch.Tensor, cc: CaptionConfig) -> None:
+        """Write the sampled tokens; finished rows get padding."""
+        nxt = torch.where(self.finished, cc.pad_token_id, nxt)
+        self.tokens[:, column] = nxt
+        self.finished |= nxt == cc.eos_token_id
 
     def flush(self) -> None:
         self.out.index_copy_(0, self.row_ids, self.tokens)
 
-    def check_and_compact(self, decoder, row_image: list[int], row_mask: torch.Tensor) -> bool:
+    def check_and_compact(self, decoder: FastBlipTextDecoder) -> bool:
         """One host sync: False when every row has finished; drops finished rows once at least half
         of the live rows are done (their tokens are kept in `out`)."""
         finished = to_host(self.finished)
@@ -261,9 +301,9 @@ class _DecodeState:
         self.row_ids, self.finished = self.row_ids.index_select(0, keep), self.finished.index_select(0, keep)
         self.cache = decoder.select_rows(self.cache, keep)
         self.live = [self.live[i] for i in keep_host]
-        live_t = torch.tensor(self.live).to(row_mask.device, non_blocking=True)
+        live = torch.tensor(self.live).to(self.row_mask.device, non_blocking=True)
         self.layout = CrossLayout.build(
-            [row_image[i] for i in self.live], row_mask.index_select(0, live_t), self.layout.mask.shape[0]
+            [self.row_image[i] for i in self.live], self.row_mask.index_select(0, live), self.images
         )
         return True
 
