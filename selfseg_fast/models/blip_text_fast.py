@@ -31,8 +31,8 @@ from torch import nn
 class CrossLayout:
     """Where each decoding row sits in the per-image query blocks of the cross-attention."""
 
-    gather: torch.Tensor  # [B * L] row feeding each (image, slot); R = an all-zero filler row
-    scatter: torch.Tensor  # [R] the (image, slot) of each row
+    gather: torch.Tensor  # [B * L] row feeding each (image, slot); filler slots repeat row 0
+    scatter: torch.Tensor  # [R] the (image, slot) of each row (filler slots are never read back)
     mask: torch.Tensor  # [B, 1, L, N] bool: the slot's cluster owns the patch (fillers see everything)
     slots: int  # L
 
@@ -50,18 +50,18 @@ class CrossLayout:
             scatter.append(b)
             per_image[b] += 1
         slots = max(per_image) if row_image else 1
-        filler = len(row_image)
-        gather = [filler] * (images * slots)
+        gather = [0] * (images * slots)
+        is_filler = [True] * (images * slots)
         seen = [0] * images
         for r, b in enumerate(row_image):
             scatter[r] = b * slots + seen[b]
-            gather[scatter[r]] = r
+            gather[scatter[r]], is_filler[scatter[r]] = r, False
             seen[b] += 1
         device = row_mask.device
         gather_t = torch.tensor(gather, dtype=torch.int64).to(device, non_blocking=True)
         scatter_t = torch.tensor(scatter, dtype=torch.int64).to(device, non_blocking=True)
-        full = torch.cat([row_mask, row_mask.new_ones(1, row_mask.shape[1])])  # filler sees everything
-        mask = full.index_select(0, gather_t).view(images, 1, slots, row_mask.shape[1])
+        filler = torch.tensor(is_filler).to(device, non_blocking=True)[:, None]
+        mask = (row_mask.index_select(0, gather_t) | filler).view(images, 1, slots, row_mask.shape[1])
         return cls(gather_t, scatter_t, mask, slots)
 
 
@@ -156,8 +156,7 @@ class FastBlipTextDecoder:
     def _cross_attention(self, layer, x, k_cross, v_cross, layout: CrossLayout) -> torch.Tensor:
         """Each image's rows as one query block against the image's K/V, masked to the row's cluster."""
         r, b = x.shape[0], k_cross.shape[0]
-        q = layer.crossattention.self.query(x)[:, 0]  # [R, C]
-        q = torch.cat([q, q.new_zeros(1, self.hidden)]).index_select(0, layout.gather)  # [B*L, C]
+        q = layer.crossattention.self.query(x)[:, 0].index_select(0, layout.gather)  # [B*L, C]
         q = q.view(b, layout.slots, self.heads, self.head_dim).transpose(1, 2)  # [B, heads, L, hd]
         ctx = F.scaled_dot_product_attention(q, k_cross, v_cross, attn_mask=layout.mask)  # [B, heads, L, hd]
         ctx = ctx.transpose(1, 2).reshape(b * layout.slots, self.hidden).index_select(0, layout.scatter)

@@ -115,8 +115,7 @@ def apply_repetition_penalty(scores: torch.Tensor, tokens: torch.Tensor, penalty
     if penalty == 1.0:
         return scores
     picked = scores.gather(1, tokens)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return scores.scatter(1, tokens, picked)
+    return scores.scatter(1, tokens, picked * torch.where(picked < 0, penalty, 1.0 / penalty))
 
 
 def apply_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
