@@ -266,11 +266,21 @@ class XDecoderSegmenter:
             for start in range(0, len(members), self.sc.max_batch):
                 chunk = members[start : start + self.sc.max_batch]
                 began = time.perf_counter()
-                out = self.forward_image(torch.cat([prepared[i].pixels for i in chunk]))
+                out = self._forward_bucketed(torch.cat([prepared[i].pixels for i in chunk]))
                 share = (time.perf_counter() - began) / len(chunk)
                 for j, i in enumerate(chunk):
                     results[i] = BranchOutput(prepared[i], out["class_embed"][j], out["pred_masks"][j], share)
         return results
+
+    def _forward_bucketed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image branch; compiled (CUDA graphs per shape) it runs power-of-two batches only, so a
+        padded size has at most log2(max_batch) + 1 captured graphs."""
+        n = x.shape[0]
+        if self.plan.segmenter_compile and n & (n - 1):
+            bucket = 1 << n.bit_length()
+            x = torch.cat([x, x[-1:].expand(bucket - n, -1, -1, -1)])
+        out = self.forward_image(x)
+        return {key: value[:n] for key, value in out.items()}
 
     @torch.inference_mode()
     def label_map(self, branch: BranchOutput, names: list[str]) -> np.ndarray:
