@@ -35,6 +35,7 @@ class ExecutionPlan:
     compile_encoder: bool  # torch.compile of the vision tower (CUDA graphs on CUDA, bucketed batches)
     kmeans: Literal["scikit-learn", "torch", "cuml"]
     kmeans_assign: Literal["triton", "torch"]  # the assignment step of the torch k-means
+    kmeans_graphs: bool  # blocks of Lloyd iterations replayed from CUDA graphs (CUDA with compile=true)
     hungarian: Literal["scipy", "batched"]  # scipy: one device-to-host copy per batch; batched: on device
     iou_counter: Literal["numpy", "torch", "cupy"]
     denoise: Literal["crfseg", "conv"]
@@ -65,6 +66,7 @@ class ExecutionPlan:
         kmeans = "cuML" if self.kmeans == "cuml" else "batched torch"
         if self.kmeans == "torch":
             kmeans += " + Triton assignment" if self.kmeans_assign == "triton" else " (torch assignment)"
+            kmeans += ", CUDA graphs" * self.kmeans_graphs
         seg = f"{self.segmenter_backend} {str(self.segmenter_dtype).removeprefix('torch.')}"
         seg += " channels_last" * self.segmenter_channels_last + " compiled" * self.segmenter_compile
         seg += " on its own stream" * self.segmenter_stream
@@ -121,6 +123,7 @@ def resolve_plan(
         compile_encoder=fast and cfg.compile,
         kmeans=_kmeans_backend(cfg) if fast else "scikit-learn",
         kmeans_assign="triton" if fast and _triton_usable(device) else "torch",
+        kmeans_graphs=fast and on_gpu and cfg.compile,
         hungarian=_hungarian(cfg) if fast else "scipy",
         iou_counter=("cupy" if on_gpu and _cupy_importable() else "torch") if fast else "numpy",
         denoise="conv" if fast else "crfseg",

@@ -145,3 +145,13 @@ def test_host_syncs_are_one_per_block_of_iterations_whatever_the_problems(monkey
         syncs.append(counter.get().syncs)
         assert counter.get().syncs == -(-len(steps) // km.CHECK_EVERY)
     assert syncs[0] == syncs[1] and len(steps) > 2 * syncs[1], (syncs, len(steps))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_blocks_equal_eager():
+    gen = torch.Generator().manual_seed(12)
+    x = _blobs(6, 300, 24, gen).cuda()
+    ks, seeds = [2, 8, 3, 8, 5, 8], list(range(6))
+    eager = kmeans_batched(x, ks, seeds, check_every=4)
+    graphed = kmeans_batched(x, ks, seeds, check_every=4, cuda_graphs=True)
+    assert torch.equal(eager, graphed)

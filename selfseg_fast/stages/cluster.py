@@ -103,9 +103,8 @@ def cluster_grid_batched(
         if plan.kmeans == "cuml":
             labels = kmeans_cuml(problems, ks, problem_seeds, **options)
         else:
-            labels = kmeans_batched(
-                problems, ks, problem_seeds, use_triton=plan.kmeans_assign == "triton", **options
-            )
+            fast = {"use_triton": plan.kmeans_assign == "triton", "cuda_graphs": plan.kmeans_graphs}
+            labels = kmeans_batched(problems, ks, problem_seeds, **fast, **options)
         runs.append(to_output_grid(labels, feats.grid, out).reshape(bsz, len(cc.k_values), out * out))
     runs_t = torch.cat(runs, 1)  # [B, R, 32*32] in the reference's run order (resolution, then k)
     k_max = max(cc.k_values)

@@ -169,6 +169,7 @@ def kmeans_batched(
     init: torch.Tensor | None = None,  # [P, max(ks), D] start centres (x's coordinates); skips k-means++
     use_triton: bool = False,
     check_every: int = CHECK_EVERY,
+    cuda_graphs: bool = False,
 ) -> torch.Tensor:  # [P, N] int64 labels, each problem's labels in 0..k_p-1
     """Lloyd k-means for P problems in one batched computation (padded to max k with a validity mask).
 
@@ -191,7 +192,7 @@ def kmeans_batched(
         else:
             draws = _seeding_draws(n, ks, [restart_seeds(s, n_init)[restart] for s in seeds])
             centres = kmeans_plus_plus_batched(work, x_sq, *draws)  # [P, K, D]
-        centres = _lloyd(work, x_sq, centres, valid, tol_abs, max_iter, use_triton, check_every)
+        centres = _lloyd(work, x_sq, centres, valid, tol_abs, max_iter, use_triton, check_every, cuda_graphs)
         labels, dist = assign_nearest(work, x_sq, centres, valid, _big(work), use_triton=use_triton)
         inertia = dist.sum(1)  # [P]
         if best_labels is None:
@@ -216,22 +217,58 @@ def _lloyd(
     max_iter: int,
     use_triton: bool,
     check_every: int,
+    cuda_graphs: bool = False,
 ) -> torch.Tensor:  # [P, K, D] final centres
     """Lloyd iterations with an on-device convergence mask: a converged problem stops changing while
-    the others go on; the host looks at the mask once per `check_every` iterations."""
+    the others go on; the host looks at the mask once per `check_every` iterations. With
+    `cuda_graphs` (CUDA), a block of `check_every` iterations is captured once and replayed."""
     p, n, _ = work.shape
-    labels = torch.full((p, n), -1, dtype=torch.int64, device=work.device)
-    active = torch.ones(p, dtype=torch.bool, device=work.device)
+    state = (
+        centres,
+        torch.full((p, n), -1, dtype=torch.int64, device=work.device),
+        torch.ones(p, dtype=torch.bool, device=work.device),
+    )
+
+    def block(c, labels, active, steps):
+        for _ in range(steps):
+            c, labels, active = _lloyd_step(work, x_sq, c, labels, active, valid, tol_abs, use_triton)
+        return c, labels, active
+
+    graph = _BlockGraph(block, check_every) if cuda_graphs and work.is_cuda else None
     done = 0
     while done < max_iter:
-        for _ in range(min(check_every, max_iter - done)):
-            centres, labels, active = _lloyd_step(
-                work, x_sq, centres, labels, active, valid, tol_abs, use_triton
-            )
-        done += check_every
-        if not bool(active.any()):  # the only host sync: once per `check_every` iterations
+        steps = min(check_every, max_iter - done)
+        state = graph(state) if graph is not None and steps == check_every else block(*state, steps)
+        done += steps
+        if not bool(state[2].any()):  # the only host sync: once per `check_every` iterations
             break
-    return centres
+    return state[0]
+
+
+class _BlockGraph:
+    """A block of Lloyd iterations as a CUDA graph: the first call runs it for real on a side stream
+    (the warm-up capture needs) and captures it; later calls copy the state in and replay."""
+
+    def __init__(self, block, steps: int) -> None:
+        self.block, self.steps, self.graph = block, steps, None
+
+    def __call__(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.graph is not None:
+            for static, value in zip(self.inputs, state):
+                if static is not value:
+                    static.copy_(value)
+            self.graph.replay()
+            return self.outputs
+        self.inputs = tuple(t.clone() for t in state)
+        side = torch.cuda.Stream(state[0].device)
+        side.wait_stream(torch.cuda.current_stream(state[0].device))
+        with torch.cuda.stream(side):
+            result = tuple(t.clone() for t in self.block(*self.inputs, self.steps))
+        torch.cuda.current_stream(state[0].device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records only
+            self.outputs = self.block(*self.inputs, self.steps)
+        return result
 
 
 def _lloyd_step(work, x_sq, centres, labels, active, valid, tol_abs, use_triton):
