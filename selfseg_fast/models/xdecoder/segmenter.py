@@ -33,21 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from selfseg_fast.config import SegmenterConfig, SelfSegConfig
-from selfseg_fast.errors import ResourceError, SelfSegError, WeightsError
+from selfseg_fast.errors import ResourceError, SelfSegError
 from selfseg_fast.host import to_host
-from selfseg_fast.models.xdecoder.backbone import FocalNet
-from selfseg_fast.models.xdecoder.checkpoint import (
-    DEFAULT_CHECKPOINT,
-    load_official_weights,
-    read_checkpoint,
-    resolve_source,
-)
 from selfseg_fast.models.xdecoder.config import XDecoderConfig
-from selfseg_fast.models.xdecoder.decoder import XDecoderHead
-from selfseg_fast.models.xdecoder.pixel_decoder import PixelDecoder
+from selfseg_fast.models.xdecoder.model import XDecoder, build_model
 from selfseg_fast.models.xdecoder.postprocess import (
     TILE_BYTES,
     class_probabilities,
@@ -75,40 +66,6 @@ SIZE_DIVISIBILITY = 32
 # 512 x 1024 inputs), rounded up; scaled by the backbone width, halved in float16. The model input is
 # capped by the test size, so this part of the peak does not grow with the image.
 MODEL_BYTES_PER_INPUT_PX = 1000
-
-
-class _SemSegHead(nn.Module):
-    def __init__(self, cfg: XDecoderConfig) -> None:
-        super().__init__()
-        self.pixel_decoder = PixelDecoder(cfg.pixel)
-        self.predictor = XDecoderHead(cfg.decoder, cfg.language)
-
-
-class XDecoder(nn.Module):
-    """Backbone + pixel decoder + decoder, named as the official model (`backbone.*`, `sem_seg_head.*`)."""
-
-    def __init__(self, cfg: XDecoderConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.backbone = FocalNet(cfg.backbone)
-        self.sem_seg_head = _SemSegHead(cfg)
-
-    @property
-    def language(self):
-        return self.sem_seg_head.predictor.lang_encoder
-
-    def forward_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [B, 3, H, W] normalised (H, W multiples of 32) -> class_embed [B, Q, P] (before the
-        text), pred_masks [B, Q, H/4, W/4]."""
-        features = self.backbone(images)
-        mask_features, _, multi_scale = self.sem_seg_head.pixel_decoder(features)
-        return self.sem_seg_head.predictor.forward_image(multi_scale, mask_features)
-
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [B, 3, H, W], text [K, P] -> pred_logits [B, Q, K], pred_masks [B, Q, H/4, W/4]."""
-        out = self.forward_image(images)
-        logits = self.language.compute_similarity(out["class_embed"], text)
-        return {"pred_logits": logits, "pred_masks": out["pred_masks"]}
 
 
 @dataclass(frozen=True)
@@ -427,55 +384,6 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise SelfSegError(f"segment: expected an RGB image as a [H, W, 3] uint8 array, got a {what}")
     if min(rgb.shape[:2]) < 1:
         raise SelfSegError(f"segment: the image has no pixels (shape {rgb.shape})")
-
-
-def build_model(
-    variant: str, weights: str, seed: int, checkpoint: str | None, official_config: str | None = None
-) -> XDecoder:
-    """The model for --weights pretrained (official checkpoint) | random (full size) | random-tiny.
-    `official_config` (an official yaml) sets the sizes instead of `variant`. The checkpoint and config
-    are read before the model is built, so a missing file fails at once."""
-    state = None
-    if weights == "pretrained":
-        try:
-            state = read_checkpoint(checkpoint or DEFAULT_CHECKPOINT[variant])
-        except WeightsError as exc:
-            official = resolve_source(DEFAULT_CHECKPOINT[variant])
-            fix = (
-                f"download {official} and pass --checkpoint PATH"
-                if checkpoint is None or resolve_source(checkpoint) == official
-                else f"pass --checkpoint with an official X-Decoder {variant} file (e.g. {official})"
-            )
-            raise WeightsError(
-                f"X-Decoder {variant} weights unavailable ({exc}); {fix} "
-                "(or --set segmenter.checkpoint=PATH), or run with --weights random or --weights random-tiny"
-            ) from None
-    if weights == "random-tiny":
-        cfg = XDecoderConfig.tiny()
-    elif official_config:
-        cfg = XDecoderConfig.from_official_yaml(official_config)
-    else:
-        cfg = XDecoderConfig.for_variant(variant)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = XDecoder(cfg)
-        if state is None:
-            _random_init(model)
-    if state is not None:
-        load_official_weights(model, state)
-    return model.eval()
-
-
-def _random_init(model: nn.Module) -> None:
-    """Seeded weights with unit-scale activations (the official init leaves layerscale at 1e-4 and
-    the projections tiny, which makes a random model's output nearly constant)."""
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            nn.init.normal_(p, std=(1.0 / p[0].numel()) ** 0.5)
-        elif "gamma" in name:
-            nn.init.constant_(p, 0.5)
-        elif name.endswith("logit_scale"):
-            nn.init.constant_(p, 2.0)
 
 
 def build_segmenter(
