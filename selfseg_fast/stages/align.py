@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from selfseg_fast.host import to_host
 
@@ -209,8 +210,6 @@ def reference_run_index(runs: list[np.ndarray]) -> int:
 
 def align_runs_reference(runs: list[np.ndarray], cost: str = "iou") -> list[np.ndarray]:
     """Relabel every run (each [32, 32] int) with the matching reference-run cluster ids (SciPy)."""
-    from scipy.optimize import linear_sum_assignment
-
     ref_index = reference_run_index(runs)
     ref = runs[ref_index]
     aligned = []
@@ -242,8 +241,6 @@ def solve_assignments_on_host(cost: torch.Tensor, n_rows: torch.Tensor, n_cols: 
     """`linear_sum_assignment_batched`'s contract, solved by SciPy problem by problem on the CPU after
     ONE device-to-host copy of the small cost matrices and their sizes (microseconds per 8x8 problem);
     the result goes back to the device without a wait."""
-    from scipy.optimize import linear_sum_assignment
-
     p, r, c = cost.shape
     sizes = torch.stack([n_rows, n_cols], 1).to(cost.dtype)  # [P, 2]
     packed = to_host(torch.cat([cost.reshape(p, r * c), sizes], 1))  # the one host sync

@@ -31,7 +31,7 @@ def crf_reference(
     filter_size: int = 11,
 ) -> torch.Tensor:  # [C, H, W] CRF logits
     """crfseg's CRF on one vote map (channels first)."""
-    from crfseg import CRF
+    from crfseg import CRF  # the reference path's library, imported when it runs
 
     crf = CRF(
         n_spatial_dims=2,

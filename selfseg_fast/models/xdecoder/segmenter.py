@@ -397,13 +397,13 @@ def build_segmenter(
     device = torch.device(device)
     plan = plan or resolve_plan(cfg, device)
     if sc.backend == "tensorrt":
-        from selfseg_export.tensorrt_engine import TensorRTSegmenter  # optional runtime
+        from selfseg_export.tensorrt_engine import TensorRTSegmenter  # optional runtime; imports this module
 
         return TensorRTSegmenter.from_config(cfg, device, plan)
     model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config).to(device)
     model.language.cfg.impl = plan.text_encoder
     if sc.backend == "onnxruntime":
-        from selfseg_export.runtimes import ORTSegmenter  # optional runtime
+        from selfseg_export.runtimes import ORTSegmenter  # optional runtime; imports this module
 
         if not sc.onnx_path:
             raise SelfSegError(
