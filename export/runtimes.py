@@ -14,16 +14,19 @@ from selfseg_fast.models.xdecoder.segmenter import XDecoderSegmenter
 
 
 class ORTSegmenter(XDecoderSegmenter):
-    """XDecoderSegmenter whose backbone/pixel decoder/decoder run in an ONNX Runtime session."""
+    """XDecoderSegmenter whose backbone/pixel decoder/decoder run in an ONNX Runtime session (the
+    exported graph takes the text with the pixels, so the image branch runs when the names are known)."""
 
-    def __init__(self, model, onnx_path: str, **kwargs) -> None:
+    needs_text_with_pixels = True
+
+    def __init__(self, model, onnx_path: str, *args, **kwargs) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise SelfSegError(
                 "--segmenter-backend onnxruntime needs onnxruntime: pip install onnxruntime"
             ) from exc
-        super().__init__(model, **kwargs)
+        super().__init__(model, *args, **kwargs)
         providers = [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
         ]
@@ -42,4 +45,4 @@ class ORTSegmenter(XDecoderSegmenter):
             ["pred_logits", "pred_masks"],
             {"images": x.float().cpu().numpy(), "text": text.float().cpu().numpy()},
         )
-        return torch.from_numpy(logits), torch.from_numpy(masks)
+        return torch.from_numpy(logits).to(self.device), torch.from_numpy(masks).to(self.device)

@@ -68,9 +68,11 @@ def build_engine(
 class TensorRTSegmenter(XDecoderSegmenter):
     """XDecoderSegmenter whose image branch runs in a TensorRT engine (text encoder stays in torch)."""
 
-    def __init__(self, model, engine_path: str | Path, **kwargs) -> None:
+    needs_text_with_pixels = True
+
+    def __init__(self, model, engine_path: str | Path, *args, **kwargs) -> None:
         trt = _tensorrt()
-        super().__init__(model, **kwargs)
+        super().__init__(model, *args, **kwargs)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
@@ -78,7 +80,7 @@ class TensorRTSegmenter(XDecoderSegmenter):
         self.context = self.engine.create_execution_context()
 
     @classmethod
-    def from_config(cls, cfg, device: torch.device) -> TensorRTSegmenter:
+    def from_config(cls, cfg, device: torch.device, plan=None) -> TensorRTSegmenter:
         sc = cfg.segmenter
         if not sc.engine_path:
             raise SelfSegError(
@@ -88,7 +90,7 @@ class TensorRTSegmenter(XDecoderSegmenter):
         model = build_model(sc.variant, cfg.weights, cfg.seed, sc.checkpoint, sc.official_config).to(
             device
         )  # text encoder
-        return cls(model, sc.engine_path, test_short_side=sc.test_short_side, test_max_size=sc.test_max_size)
+        return cls(model, sc.engine_path, sc, plan)
 
     def run(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 3, H', W'], text [K + 1, P] -> (pred_logits, pred_masks) from the engine (CUDA fp32 I/O)."""

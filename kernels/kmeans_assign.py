@@ -2,14 +2,12 @@
 
 `assign_nearest_torch` is the reference (matmul distances + argmin); `assign_nearest_triton` fuses the
 distance computation, the invalid-centre mask and the argmin in one kernel, so the [P, N, K] distance
-tensor never reaches memory. `assign_nearest` picks Triton on CUDA when it imports, unless
-SELFSEG_DISABLE_TRITON=1.
-On CPU the torch path runs; tests call the kernel directly under TRITON_INTERPRET=1.
+tensor never reaches memory. `assign_nearest(..., use_triton=...)` dispatches; whether Triton is used
+is decided once per engine by `selfseg_fast.plan` (CUDA, Triton importable, SELFSEG_DISABLE_TRITON
+unset). On CPU the torch path runs; tests call the kernel directly under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -94,17 +92,21 @@ def assign_nearest_triton(
     return labels, dist.to(x.dtype)
 
 
-def triton_usable(device: torch.device) -> bool:
-    """Triton runs here: a CUDA tensor, triton importable, not switched off."""
-    if triton is None or os.environ.get("SELFSEG_DISABLE_TRITON") == "1":
-        return False
-    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+def triton_importable() -> bool:
+    """Triton imports here (the plan also requires a CUDA device)."""
+    return triton is not None
 
 
 def assign_nearest(
-    x: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor, valid: torch.Tensor, big: float
+    x: torch.Tensor,
+    x_sq: torch.Tensor,
+    centres: torch.Tensor,
+    valid: torch.Tensor,
+    big: float,
+    *,
+    use_triton: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch: the fused Triton kernel where usable (fp32 inputs), else the torch reference."""
-    if triton_usable(x.device) and x.dtype == torch.float32:
+    """Dispatch: the fused Triton kernel when asked (CUDA fp32 inputs), else the torch reference."""
+    if use_triton and x.is_cuda and x.dtype == torch.float32:
         return assign_nearest_triton(x, x_sq, centres, valid, big)
     return assign_nearest_torch(x, x_sq, centres, valid, big)

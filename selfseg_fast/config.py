@@ -54,7 +54,8 @@ class ClusterConfig:
     k_values: tuple[PositiveInt, ...] = (2, 8)  # paper and maskblip; autoseg: 2..8
     kmeans_max_iter: PositiveInt = 300  # scikit-learn default; both releases: torch_kmeans' 100
     kmeans_tol: NonNegativeFloat = 1e-4  # scikit-learn default (relative to the mean per-feature variance)
-    kmeans_n_init: PositiveInt = 1  # restarts, best inertia kept; both releases: torch_kmeans' 8
+    # k-means restarts with different seeds, the lowest inertia kept (both paths); releases: torch_kmeans' 8
+    kmeans_n_init: PositiveInt = 1
     # Fast engine's k-means: "torch" (all problems in one batched computation, Triton assignment on
     # CUDA) or "cuml" (cuML's KMeans per problem, as the design card names it; optional import, GPU only).
     kmeans_backend: Literal["torch", "cuml"] = "torch"
@@ -88,10 +89,11 @@ class CaptionConfig:
     repetition_penalty: PositiveFloat = 100.0  # paper; both releases' LAVIS path hard-codes 1.1
     do_sample: bool = True  # False: greedy decoding (parity checks)
     cycles: PositiveInt = 1  # captioning cycles per cluster; set by the preset
-    prompt: str = ""  # no text prompt: the decoder starts from [DEC]; releases: LAVIS' "a picture of "
-    keep_prompt_text: bool = False  # releases: the decoded caption keeps the prompt's words
-    # False: min/max_new_tokens count generated tokens only (paper). True: they count the whole decoder
-    # sequence, [DEC] and prompt included (HF min_length/max_length, as both releases pass them).
+    # Text fed after [DEC] before sampling (LAVIS, the authors' code: "a picture of "); "" = none.
+    prompt: str = ""
+    keep_prompt_text: bool = False  # True: the returned caption still starts with the prompt text
+    # True: min/max_new_tokens count the whole sequence ([DEC] + prompt included), as HF's
+    # min_length/max_length do in LAVIS (both releases); False: generated tokens only (the paper's 4 / 25).
     length_includes_prompt: bool = False
     bos_token_id: NonNegativeInt = 30522  # BLIP's [DEC]
     eos_token_id: NonNegativeInt = 102  # [SEP]
@@ -107,6 +109,9 @@ class NounConfig:
     min_length: NonNegativeInt = 1  # autoseg: 3 (kept only nouns longer than 2 letters)
     block_list: tuple[str, ...] = ()  # autoseg: AUTOSEG_BLOCK_LIST
     drop_colour_words: bool = False  # our colour list; autoseg's own list is in AUTOSEG_BLOCK_LIST
+    # Fast engine: spaCy worker processes for the nouns of many captions (None: one per core left
+    # after the main process, at most 8; 0: a thread of the main process). Same nouns either way.
+    workers: NonNegativeInt | None = None
 
 
 # ozzyou/AutoSeg BBoost/caption_filtering.py:28-35: the words it drops (its hard filter, then its colour
@@ -132,8 +137,8 @@ class SegmenterConfig:
     official_config: str | None = None
     test_short_side: PositiveInt = 640  # ADE 640, Cityscapes 1024; set by the preset
     test_max_size: PositiveInt = 2560  # the long side is capped here (detectron2 ResizeShortestEdge max_size)
-    # Resampling of that resize: "bilinear" (detectron2's ResizeShortestEdge, the ADE/Cityscapes eval) or
-    # "bicubic" (the official infer_semseg.py and maskblip's xdecoder_semseg.py: Resize(512, BICUBIC)).
+    # The test resize: "bilinear" is detectron2's ResizeShortestEdge (the ADE/Cityscapes evaluations);
+    # "bicubic" is what the official 512-px demo (`infer_semseg.py`) and maskblip's xdecoder_semseg.py use.
     resize_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     # maskblip's re-segmentation (xdecoder_semseg.py:33-63): after a first segmentation, drop the names
     # covering more than `resegment_max_share` or less than `resegment_min_share` of the pixels and
@@ -141,6 +146,13 @@ class SegmenterConfig:
     resegment: bool = False
     resegment_max_share: Probability = 0.95
     resegment_min_share: Probability = 0.01
+    # At most this many class names per image: a self-guided run keeps its first `max_names` nouns
+    # (first-seen order); explicit names beyond it are refused (ResourceError).
+    max_names: PositiveInt = 256
+    # A request whose estimated peak memory (MiB, device + host, see README "Memory") is over this is
+    # refused with ResourceError before anything is allocated; None: no budget.
+    memory_budget_mb: PositiveFloat | None = None
+    max_batch: PositiveInt = 8  # fast path: images of one padded size per image-branch pass
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     # onnxruntime: the file written by `selfseg-fast export xdecoder --onnx FILE`;
     # tensorrt: the engine built from it by `selfseg-fast export xdecoder --onnx FILE --tensorrt ENGINE`.

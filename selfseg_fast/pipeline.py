@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from selfseg_fast.errors import SelfSegError
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.inputs import as_image, as_images, names_per_image
 from selfseg_fast.optional_deps import check_available
+from selfseg_fast.plan import resolve_plan
 from selfseg_fast.progress_hook import report
 from selfseg_fast.records import ImageResult
 from selfseg_fast.resegment import resegment
@@ -51,6 +53,7 @@ class SelfSegPipeline:
         if self.cfg.engine == "reference":
             check_available("crfseg")  # the reference CRF's package: one line naming the fix, now
         self.device = resolve_device(self.cfg)
+        self.plan = resolve_plan(self.cfg, self.device)  # the engines and the segmenter resolve the same
         self._engine: Engine | None = None
         self._segmenter = None
         self._loading = threading.Lock()
@@ -94,14 +97,15 @@ class SelfSegPipeline:
 
     @property
     def segmenter(self):
-        """The X-Decoder segmenter, built on first use (a `caption`-only user never pays for it)."""
+        """The X-Decoder segmenter, built on first use (a `caption`-only user never pays for it), with
+        the engine's plan (fp16, channels_last and its own CUDA stream for the fast engine on CUDA)."""
         if self._segmenter is None:
             with self._loading:
                 if self._segmenter is None:
                     from selfseg_fast.models.xdecoder.segmenter import build_segmenter
 
                     report(f"loading X-Decoder ({self.cfg.segmenter.variant}, {self.cfg.weights})")
-                    self._segmenter = build_segmenter(self.cfg, self.device)
+                    self._segmenter = build_segmenter(self.cfg, self.device, self.plan)
         return self._segmenter
 
     def load(self, *, describe: bool = True, segment: bool = True) -> SelfSegPipeline:
@@ -147,30 +151,84 @@ class SelfSegPipeline:
         return self.engine.describe(images)
 
     def _segment(self, images: list[LoadedImage], class_names: list[list[str]]) -> list[np.ndarray]:
-        maps = []
-        for image, names in zip(images, class_names):
-            if not names:  # nothing was named: every pixel is unlabelled
-                maps.append(np.full(image.rgb.shape[:2], -1, dtype=np.int64))
+        """Every request is checked against the segmenter's limits before any work (ResourceError)."""
+        maps: list[np.ndarray | None] = [None] * len(images)
+        todo = [i for i, names in enumerate(class_names) if names]
+        for i, image in enumerate(images):
+            if not class_names[i]:  # nothing was named: every pixel is unlabelled
+                maps[i] = np.full(image.rgb.shape[:2], -1, dtype=np.int64)
+        if todo:
+            seg = self.segmenter
+            for i in todo:
+                seg.check_request(*images[i].rgb.shape[:2], len(class_names[i]), what=images[i].path)
+            if self.plan.engine == "fast":  # one image-branch pass per padded size, then names
+                for i, branch in zip(todo, seg.image_branch([images[i].rgb for i in todo])):
+                    maps[i] = seg.label_map(branch, class_names[i])
             else:
-                maps.append(self.segmenter.segment(image.rgb, names))
+                for i in todo:
+                    maps[i] = seg.segment(images[i].rgb, class_names[i])
         return maps
 
     def _run(self, images: list[LoadedImage]) -> list[Segmentation]:
-        described = self._describe(images)
+        """Describe, then segment each image with its own nouns (at most `segmenter.max_names`,
+        first-seen order). Fast engine: the segmenter's image branch (which needs no names) runs on its
+        own worker and stream while the engine describes, batch by batch."""
+        seg = self.segmenter
+        for image in images:  # refuse what cannot fit before any work (the names are not known yet)
+            seg.check_request(*image.rgb.shape[:2], 1, what=image.path)
+        if self.plan.engine != "fast":
+            described = self._describe(images)
+            return [self._segment_described(image, result) for image, result in zip(images, described)]
+        branches: dict[int, Future] = {}
+        pending = []
+        for i, result in enumerate(self.engine.describe_stream(self._feed_branches(images, branches))):
+            names = list(result.nouns)[: seg.sc.max_names]
+            branch = branches.pop(i)
+            pending.append((result, names, seg.finish(branch, names) if names else None))
         out = []
-        for image, result in zip(images, described):
+        for image, (result, names, segmented) in zip(images, pending):
+            if segmented is None:  # nothing was named: every pixel is unlabelled
+                label_map, seconds = np.full(image.rgb.shape[:2], -1, dtype=np.int64), 0.0
+            else:
+                done = segmented.result()
+                label_map, seconds = done.label_map, done.seconds
             timer = StageTimer(sync=True)
             with timer("segment"):
-                (label_map,) = self._segment([image], [result.nouns])
-                label_map, names = resegment(  # maskblip's second pass; a no-op unless configured
-                    label_map,
-                    result.nouns,
-                    lambda kept, im=image: self._segment([im], [kept])[0],
-                    self.cfg.segmenter,
-                )
-            result.stage_seconds.update(timer.as_dict())
+                label_map, names = self._resegment(image, label_map, names)
+            result.stage_seconds["segment"] = round(seconds + timer.as_dict().get("segment", 0.0), 6)
             out.append(Segmentation(result, names, label_map))
         return out
+
+    def _resegment(self, image: LoadedImage, label_map: np.ndarray, names: list[str]):
+        """maskblip's second pass (--authors-code maskblip); a no-op unless configured."""
+        return resegment(label_map, names, lambda kept: self._segment([image], [kept])[0], self.cfg.segmenter)
+
+    def _feed_branches(self, images: list[LoadedImage], branches: dict[int, Future]) -> Iterator[LoadedImage]:
+        """Yield the images to the engine; each group of an engine batch's size has its image branch
+        queued on the segmenter's worker as the engine starts preparing the group that follows it."""
+        group: list[int] = []
+        for i, image in enumerate(images):
+            if len(group) >= getattr(self.engine, "batch_size", 1):
+                self._queue_branches(images, group, branches)
+                group = []
+            group.append(i)
+            yield image
+        if group:
+            self._queue_branches(images, group, branches)
+
+    def _queue_branches(self, images, group: list[int], branches: dict[int, Future]) -> None:
+        for i, future in zip(group, self.segmenter.start([images[i].rgb for i in group])):
+            branches[i] = future
+
+    def _segment_described(self, image: LoadedImage, result: ImageResult) -> Segmentation:
+        """Reference engine: the official per-image segmentation after the image is described."""
+        names = list(result.nouns)[: self.segmenter.sc.max_names]
+        timer = StageTimer(sync=True)
+        with timer("segment"):
+            (label_map,) = self._segment([image], [names])
+            label_map, names = self._resegment(image, label_map, names)
+        result.stage_seconds.update(timer.as_dict())
+        return Segmentation(result, names, label_map)
 
 
 def _base_config(preset_or_config: str | Path | SelfSegConfig) -> SelfSegConfig:

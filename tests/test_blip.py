@@ -57,3 +57,32 @@ def test_missing_weights_one_line_error(source):
         "random-tiny",
     ):
         assert needle in text
+
+
+def test_a_python_tokenizer_is_swapped_for_the_fast_one_with_the_same_text():
+    """transformers 4.x hands out the Python BertTokenizer; the bundle gets the Rust one, which decodes
+    captions to the very same strings."""
+    import torch
+
+    from selfseg_fast.models.blip import fast_tokenizer
+    from selfseg_fast.models.vocab import synthetic_blip_tokenizer, vocab_dir
+
+    try:  # transformers 5 keeps the Python implementation under this name
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
+    except ImportError:  # transformers 4.x: BertTokenizer is the Python one
+        from transformers import BertTokenizer as Slow
+    synthetic_blip_tokenizer()
+    slow = Slow(
+        str(vocab_dir() / "vocab.txt"),
+        do_lower_case=True,
+        bos_token="[DEC]",
+        additional_special_tokens=["[ENC]"],
+    )
+    assert not slow.is_fast
+    fast = fast_tokenizer(slow)
+    assert fast.is_fast and fast.convert_tokens_to_ids("[DEC]") == 30522
+    ids = torch.randint(0, 30524, (64, 26), generator=torch.Generator().manual_seed(0)).tolist()
+    ids[0][:4] = [30522, 2000, 102, 0]
+    assert fast.batch_decode(ids, skip_special_tokens=True) == slow.batch_decode(
+        ids, skip_special_tokens=True
+    )

@@ -152,3 +152,102 @@ def test_seeded_and_batch_independent(bundle):
     assert both[1] == alone[0]
     assert caption_reference(bundle, clusters[0], cfg, 7) == caption_reference(bundle, clusters[0], cfg, 7)
     assert all(3 <= len(c.split()) <= 25 for caps in both for c in caps)
+
+
+PROMPT = "goldfish lapdog "  # two words of the random-weight vocabulary (LAVIS uses "a picture of ")
+
+
+@pytest.mark.parametrize("keep, includes", [(False, False), (True, True)])
+def test_prompt_and_lengths_equal_hf_generate(bundle, keep, includes):
+    """caption.prompt feeds text after [DEC]; keep_prompt_text keeps it in the caption; with
+    length_includes_prompt min/max count [DEC] + prompt too (HF's min_length / max_length)."""
+    cfg = SelfSegConfig(weights="random-tiny").with_overrides(
+        {
+            "caption.do_sample": False,
+            "caption.prompt": PROMPT,
+            "caption.keep_prompt_text": keep,
+            "caption.length_includes_prompt": includes,
+            "caption.min_new_tokens": 7,
+            "caption.max_new_tokens": 7,
+        }
+    )
+    gen = torch.Generator().manual_seed(4)
+    clusters = [torch.randn(n, 64, generator=gen) * 3 for n in (3, 20)]
+    fast = caption_batched(bundle, clusters, cfg, [0, 1])
+    ref = [caption_reference(bundle, c, cfg, 0) for c in clusters]
+    assert fast == ref
+    plain = caption_batched(bundle, clusters, cfg.with_overrides({"caption.prompt": ""}), [0, 1])
+    assert plain != fast  # the prompt conditions what follows
+    for (caption,) in fast:
+        words = caption.split()
+        assert caption.startswith(PROMPT.strip()) == keep
+        # 7 tokens in all with the prompt counted ([DEC] + 2 prompt words + 4 new), else 7 new ones
+        assert len(words) == (7 - 3 if includes else 7) + (2 if keep else 0)
+
+
+def test_finished_rows_are_compacted_without_changing_captions(bundle, monkeypatch):
+    """Rows that hit [SEP] early are dropped from the decoding batch at the next host check; every
+    caption is the one a run without compaction gives (seeded sampling: same draws per row)."""
+    from selfseg_fast.models.blip_text_fast import FastBlipTextDecoder
+
+    kept = []
+    select = FastBlipTextDecoder.select_rows
+    monkeypatch.setattr(
+        FastBlipTextDecoder, "select_rows", staticmethod(lambda c, k: kept.append(len(k)) or select(c, k))
+    )
+    cfg = SelfSegConfig(weights="random-tiny").with_overrides(
+        {"caption.cycles": 6, "caption.min_new_tokens": 1}
+    )
+    gen = torch.Generator().manual_seed(6)
+    clusters = [torch.randn(n, 64, generator=gen) for n in (5, 11, 30)]
+    head = bundle.model.text_decoder.cls.predictions.decoder
+    head.bias.data[102] += 9.0  # make [SEP] likely, so rows finish at different steps
+    try:
+        compacted = caption_batched(bundle, clusters, cfg, [1, 2, 3], sync_every=1)
+        whole = caption_batched(bundle, clusters, cfg, [1, 2, 3], sync_every=1000)
+    finally:
+        head.bias.data[102] -= 9.0
+    lengths = {len(c.split()) for caps in whole for c in caps}
+    assert compacted == whole and len(lengths) > 2
+    assert kept and kept[0] <= 9 and kept == sorted(kept, reverse=True)  # 18 rows, compacted at least once
+
+
+def test_sampler_ops_per_token_do_not_grow_with_rows(bundle):
+    """Dispatched ops per generated token: the same for 1 row and for 6 clusters x 4 cycles (nothing in
+    the decoding loop is per row or per cluster)."""
+    from selfseg_fast.counters import OpCounter
+
+    gen = torch.Generator().manual_seed(7)
+    per_token = []
+    for n_clusters, cycles in ((1, 1), (6, 4)):
+        clusters = [torch.randn(5 + 3 * i, 64, generator=gen) for i in range(n_clusters)]
+        ops = []
+        for tokens in (2, 6):
+            cfg = SelfSegConfig(weights="random-tiny").with_overrides(
+                {"caption.cycles": cycles, "caption.min_new_tokens": tokens, "caption.max_new_tokens": tokens}
+            )
+            with OpCounter() as counter:
+                caption_batched(bundle, clusters, cfg, list(range(n_clusters)), sync_every=100)
+            ops.append(counter.get().ops)
+        per_token.append((ops[1] - ops[0]) / 4)
+    assert per_token[0] == per_token[1], per_token
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_equals_eager():
+    """The decode step replayed from CUDA graphs (captured again after each compaction) gives the
+    eager tokens."""
+    from selfseg_fast.stages.caption import sample_captions
+
+    bundle = load_blip(SelfSegConfig(weights="random-tiny", seed=0), "cuda")
+    cc = SelfSegConfig().with_overrides({"caption.cycles": 5, "caption.min_new_tokens": 1}).caption
+    gen = torch.Generator().manual_seed(8)
+    tokens = torch.randn(3, 40, 64, generator=gen).cuda()
+    labels = torch.randint(0, 3, (3, 40), generator=gen).cuda()
+    rows = [(b, c) for b in range(3) for c in range(3)]
+    head = bundle.model.text_decoder.cls.predictions.decoder
+    head.bias.data[102] += 9.0  # rows finish early: compaction, then a new capture
+    args = (bundle, tokens, labels, rows, list(range(9)), cc)
+    eager = sample_captions(*args, sync_every=1)
+    graphed = sample_captions(*args, sync_every=1, cuda_graphs=True)
+    assert (eager == graphed).all()

@@ -52,3 +52,27 @@ def test_majority_filter_ties_go_to_smallest_label():
     grid = np.array([[0, 1, 2], [1, 2, 0], [2, 0, 1]])
     # centre window: three 0s, three 1s, three 2s -> 0
     assert majority_filter_reference(grid)[1, 1] == 0
+
+
+def test_single_channel_crf_is_crfseg_binary_case():
+    """crfseg treats one channel as a binary problem (a zero second channel, the difference returned);
+    the batched CRF does the same for an image with one cluster, next to images with more."""
+    gen = torch.Generator().manual_seed(2)
+    votes = torch.rand(3, 4, 16, 16, generator=gen)
+    ok = torch.zeros(3, 4, dtype=torch.bool)
+    ok[0, :1], ok[1, :3], ok[2, :1] = True, True, True
+    fast = crf_batched(votes, ok, 6.0, 0.8, 5)
+    for b, c in ((0, 1), (1, 3), (2, 1)):
+        torch.testing.assert_close(fast[b, :c], crf_reference(votes[b, :c], 6.0, 0.8, 5), rtol=0, atol=1e-5)
+        assert torch.isneginf(fast[b, c:]).all()
+    alone = crf_batched(votes[:1, :1], ok[:1, :1])  # a batch whose only channel is the one
+    torch.testing.assert_close(alone[0], crf_reference(votes[0, :1]), rtol=0, atol=1e-5)
+
+
+def test_majority_filter_never_waits_for_the_host():
+    from selfseg_fast.counters import OpCounter
+
+    grids = torch.randint(0, 6, (4, 32, 32))
+    with OpCounter() as counter:
+        clean_batched(grids, 8, 3, 8)
+    assert counter.get().syncs == 0

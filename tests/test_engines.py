@@ -95,22 +95,27 @@ def test_caption_command_keeps_going_and_writes_json(tmp_path, capsys):
     assert all(r["nouns"] for r in good)
 
 
-def test_out_of_memory_halves_the_batch_and_loses_nothing(greedy_cfg, monkeypatch, capsys):
+def test_out_of_memory_halves_the_batch_for_good_and_loses_nothing(greedy_cfg, capsys):
+    """A batch that runs out of memory is split in halves, and the smaller size persists: the batches
+    after it are formed (and prepared) at the new size, so only the first one pays for an OOM."""
     import torch
 
     engine = FastEngine(greedy_cfg.with_overrides({"batch_size": 4}))
     assert "k-means batched torch" in capsys.readouterr().err  # the one-line note of which paths run
-    real = engine._gpu_stages
+    assert all(p.is_meta for p in engine.blip.model.vision_model.parameters())  # HF's tower: not kept
+    real, seen = engine._device_stages, []
 
-    def tight_memory(batch):
-        if len(batch) > 1:
+    def tight_memory(prepared):
+        seen.append(len(prepared.images))
+        if len(prepared.images) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch)
+        return real(prepared)
 
-    monkeypatch.setattr(engine, "_gpu_stages", tight_memory)
-    images = structured_images(5, seed=4)
+    engine._device_stages = tight_memory
+    images = structured_images(9, seed=4)
     results = engine.describe(images)
     assert [r.path for r in results] == [i.path for i in images]
-    assert engine.batch_size == 1
+    assert engine.oom_events == 1 and engine.batch_size == 2
+    assert seen == [4, 2, 2, 2, 2, 1]  # one failed batch of 4, then batches of 2 (the last image alone)
     reference = FastEngine(greedy_cfg.with_overrides({"batch_size": 1})).describe(images)
     assert [r.nouns for r in results] == [r.nouns for r in reference]

@@ -11,7 +11,12 @@ from transformers import BlipVisionConfig, BlipVisionModel
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.models.blip import load_blip
 from selfseg_fast.models.blip_vision_fast import FastBlipVision
+from selfseg_fast.plan import resolve_plan
 from selfseg_fast.stages.features import FastEncoder, encode_reference, preprocess, sincos_2d
+
+
+def fast_encoder(bundle, cfg, device="cpu") -> FastEncoder:
+    return FastEncoder(bundle, cfg, resolve_plan(cfg, device, engine="fast"))
 
 
 @pytest.mark.parametrize("shape", [(24, 24, 256), (32, 32, 256), (5, 7, 64), (3, 3, 30)])
@@ -27,13 +32,13 @@ def test_reference_shapes_and_fast_parity():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((40, 70), (300, 200), (1, 1))]
     ref = encode_reference(bundle, images, cfg)
-    fast = FastEncoder(bundle, cfg, "cpu")(images)
+    fast = fast_encoder(bundle, cfg)(images)
     assert sorted(ref) == [384, 512]
     assert ref[384].tokens.shape == (3, 576, 64) and ref[512].tokens.shape == (3, 1024, 64)
-    assert ref[512].with_position.shape == (3, 1024, 64 + 256)
+    assert ref[512].for_clustering().shape == (3, 1024, 64 + 256)
     for res in ref:
         torch.testing.assert_close(fast[res].tokens, ref[res].tokens, rtol=0, atol=1e-4)
-        torch.testing.assert_close(fast[res].with_position, ref[res].with_position, rtol=0, atol=1e-4)
+        torch.testing.assert_close(fast[res].for_clustering(), ref[res].for_clustering(), rtol=0, atol=1e-4)
 
 
 def test_fast_tower_matches_hf_with_vit_l_head_dims():
@@ -68,7 +73,7 @@ def test_fast_tower_half_precision_on_gpu():
     bundle = load_blip(cfg, "cuda")
     images = [np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)]
     ref = encode_reference(bundle, images, cfg)
-    fast = FastEncoder(bundle, cfg, "cuda")(images)
+    fast = fast_encoder(bundle, cfg, "cuda")(images)
     for res in ref:
         torch.testing.assert_close(fast[res].tokens.float(), ref[res].tokens, rtol=0, atol=2e-2)
 
@@ -79,6 +84,6 @@ def test_compiled_bucketed_encoder_matches_reference():
     cfg = SelfSegConfig(weights="random-tiny").with_overrides({"compile": True, "encoder.resolutions": [384]})
     bundle = load_blip(cfg)
     images = [np.random.default_rng(i).integers(0, 255, (32, 48, 3), dtype=np.uint8) for i in range(3)]
-    fast = FastEncoder(bundle, cfg, "cpu")(images)  # batch 3 runs as a bucket of 4
+    fast = fast_encoder(bundle, cfg)(images)  # batch 3 runs as a bucket of 4
     ref = encode_reference(bundle, images, cfg)
     torch.testing.assert_close(fast[384].tokens, ref[384].tokens, rtol=0, atol=1e-4)

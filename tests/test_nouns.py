@@ -57,3 +57,17 @@ def test_fast_equals_reference_on_many_captions():
     fast = nouns.nouns_for_many(lists)
     again = nouns.nouns_for_many(lists)  # served from the cache
     assert fast == again == [nouns.nouns_for_reference(caps) for caps in lists]
+
+
+def test_worker_processes_give_the_same_nouns():
+    """Captions split over a spaCy worker process (spawned once per configuration): same nouns as the
+    reference, first-seen order kept."""
+    rng = random.Random(1)
+    words = " ".join(CAPTIONS).split() + ["zebras", "mountains", "skis"]
+    lists = [
+        [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(4)] for _ in range(30)
+    ]
+    nouns = NounExtractor(SelfSegConfig().maskblip().nouns, workers=1, min_parallel=1)
+    got = nouns.nouns_for_many(lists)
+    assert nouns.workers == 1  # the pool really ran (a broken pool would have fallen back in-process)
+    assert got == [nouns.nouns_for_reference(caps) for caps in lists]

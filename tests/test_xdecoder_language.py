@@ -212,12 +212,21 @@ def test_pooling_is_causal_and_at_first_eot() -> None:
 
 
 def test_env_switch_and_bad_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The debugging switch is read by the plan (once per engine) and reaches the encoder's config."""
+    from selfseg_fast.config import SelfSegConfig
+    from selfseg_fast.plan import resolve_plan
+
     enc = _random_encoder(600)
-    assert enc.resolve_impl(None) == "fast"
+    assert enc.resolve_impl(None) == "fast" == resolve_plan(SelfSegConfig(), "cpu").text_encoder
     monkeypatch.setenv("SELFSEG_XDECODER_TEXT_IMPL", "reference")
+    assert resolve_plan(SelfSegConfig(), "cpu").text_encoder == "reference"
+    enc.cfg.impl = "reference"
     assert enc.resolve_impl(None) == "reference"
     monkeypatch.setenv("SELFSEG_XDECODER_TEXT_IMPL", "bogus")
     with pytest.raises(SelfSegError, match="unknown text encoder"):
+        resolve_plan(SelfSegConfig(), "cpu")
+    enc.cfg.impl = "bogus"
+    with pytest.raises(SelfSegError, match="unknown implementation"):
         enc.resolve_impl(None)
     with pytest.raises(SelfSegError, match="token ids"):
         enc.forward_language(torch.zeros(2, 80, dtype=torch.long))

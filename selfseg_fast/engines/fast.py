@@ -1,16 +1,21 @@
-"""The fast engine: many images at once through every stage, the noun stage overlapped with the GPU.
+"""The fast engine: many images at once through every stage; the host work off the device's way.
 
-Per batch of B images (shapes at the stage boundaries):
-  encode   images -> {384: [B, 576, 1024+256], 512: [B, 1024, 1024+256]}  (SDPA ViT, fp16 on CUDA)
-  cluster  -> [B, 32, 32]   (all B x 4 k-means problems in one batched computation; batched
-                             Hungarian, CRF and majority filter as convolutions)
-  caption  -> one batched sampler over every (image, cluster, cycle) row
-  nouns    -> spaCy `nlp.pipe` on a worker thread while the next batch runs on the GPU
-Running out of GPU memory halves the batch and retries it; no image is lost.
+Per batch of B images (records at the stage boundaries, `records.py`):
+  prepare  seeds + encoder-sized pixels, by worker threads, for batch i+1 while batch i runs
+  encode   -> {384: PatchFeatures [B, 576, C], 512: PatchFeatures [B, 1024, C]}  (SDPA ViT, fp16 on CUDA)
+  cluster  -> ClusterGrid [B, 32, 32]  (all B x 4 k-means problems batched, Hungarian problems of the
+             batch after one copy to the host, CRF and majority filter as convolutions)
+  caption  -> CaptionTokens: one sampler over every (image, cluster, cycle) row, one K/V set per image
+  nouns    -> on the host-stage thread while the next batch runs on the device: token ids -> text
+             (fast tokenizer), spaCy in worker processes, ImageResult per image
+Which implementation of each stage runs is the `ExecutionPlan` resolved when the engine is built.
+Running out of GPU memory halves the batch, retries it, and keeps the smaller size for the batches
+that follow; no image is lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,15 +23,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from selfseg_fast.config import SelfSegConfig
-from selfseg_fast.engines.base import build_result, resolve_device
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.models.blip import load_blip
-from selfseg_fast.records import ImageResult
-from selfseg_fast.seeding import derived_seed, image_seed
-from selfseg_fast.stages.caption import caption_batched
-from selfseg_fast.stages.cluster import cluster_grid_batched, cluster_patch_indices
+from selfseg_fast.plan import resolve_plan
+from selfseg_fast.records import CaptionTokens, DeviceBatch, ImageResult
+from selfseg_fast.seeding import derived_seed
+from selfseg_fast.stages.caption import decode_captions, sample_captions
+from selfseg_fast.stages.cluster import cluster_grid_batched
 from selfseg_fast.stages.features import FastEncoder
 from selfseg_fast.stages.nouns import NounExtractor
+from selfseg_fast.stages.prepare import HostPrep, PreparedBatch
 from selfseg_fast.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -39,122 +45,121 @@ class FastEngine:
 
     def __init__(self, cfg: SelfSegConfig) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg)
-        self.blip = load_blip(cfg, self.device)
-        self.encoder = FastEncoder(self.blip, cfg, self.device)  # its own SDPA copy of the vision tower
-        if self.device.type == "cuda" and self.encoder.dtype != torch.float32:
-            self.blip.model.text_decoder.to(self.encoder.dtype)  # the caption sampler runs in fp16/bf16 too
-        self.nouns = NounExtractor(cfg.nouns)
-        self.batch_size = max(1, cfg.batch_size)
-        log.info(self.paths_note())
-        self._noun_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfseg-nouns")
-
-    def paths_note(self) -> str:
-        """One line naming which implementation of each stage runs here (optional GPU libraries)."""
-        from selfseg_fast.stages.align import cupy_available, resolve_hungarian_solver
-        from selfseg_kernels.kmeans_assign import triton_usable
-
-        cc, on_gpu = self.cfg.cluster, self.device.type == "cuda"
-        kmeans = "cuML" if cc.kmeans_backend == "cuml" else "batched torch"
-        if cc.kmeans_backend == "torch":
-            kmeans += " + Triton assignment" if triton_usable(self.device) else " (torch assignment)"
-        solver = resolve_hungarian_solver(cc.hungarian_solver, self.device)
-        return (
-            f"fast engine on {self.device}: encoder SDPA {str(self.encoder.dtype).removeprefix('torch.')}"
-            f"{' compiled' if self.cfg.compile else ''}; k-means {kmeans}; "
-            f"IoU {'CuPy' if on_gpu and cupy_available() else 'torch'}; Hungarian {solver}; "
-            f"CRF/filter conv; captions batched sampler"
-        )
+        self.plan = resolve_plan(cfg, engine="fast")
+        self.device = self.plan.device
+        bundle = load_blip(cfg, "cpu")
+        self.encoder = FastEncoder(bundle, cfg, self.plan)  # its own SDPA copy of the vision tower
+        bundle.model.vision_model.to("meta")  # HF's tower is not used by this engine: free its memory
+        bundle.model.text_decoder.to(self.device, self.plan.dtype)  # the sampler runs in fp16/bf16 on CUDA
+        self.blip = dataclasses.replace(bundle, device=self.device)
+        self.prep = HostPrep(cfg.seed, cfg.encoder.resolutions, self.plan)
+        self.nouns = NounExtractor(cfg.nouns, workers=self.plan.noun_workers)
+        self.batch_size = max(1, cfg.batch_size)  # lowered for good on CUDA out-of-memory
+        if self.batch_size * cfg.caption.cycles * max(cfg.cluster.k_values) >= self.nouns.min_parallel:
+            self.nouns.start_workers()  # batches big enough for the worker processes: start them now
+        self.oom_events = 0
+        self._host_stage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfseg-host")
+        log.info(self.plan.note())
 
     def describe(self, images: list[LoadedImage]) -> list[ImageResult]:
         return list(self.describe_stream(images))
 
     def describe_stream(self, images: Iterable[LoadedImage]) -> Iterator[ImageResult]:
-        """Results in input order; batch i's nouns are found while batch i+1 runs on the GPU."""
+        """Results in input order. While batch i runs on the device, batch i+1 is being prepared by
+        the prep threads and batch i-1's nouns are being found by the host stage."""
+        source = iter(images)
+        upcoming = self._prepare_next(source)
         pending: Future | None = None
-        for batch in _batches(images, self.batch_size):
-            gpu_part = self._gpu_stages_with_backoff(batch)
+        while upcoming is not None:
+            prepared = upcoming.result()
+            upcoming = self._prepare_next(source)
+            done = [out for chunk in self._split(prepared) for out in self._device_stages_with_backoff(chunk)]
             if pending is not None:
                 yield from pending.result()
-            pending = self._noun_worker.submit(self._noun_stage, batch, *gpu_part)
+            pending = self._host_stage.submit(self._host_stages, done)
         if pending is not None:
             yield from pending.result()
 
-    # ---- GPU stages ------------------------------------------------------------------------------
-    def _gpu_stages_with_backoff(self, batch: list[LoadedImage]) -> tuple:
-        """Run the GPU stages; on CUDA out-of-memory split the batch in halves (recursively)."""
+    def _prepare_next(self, source: Iterator[LoadedImage]):
+        """Start preparing the next batch (of the current batch size), or None at the end."""
+        batch = [image for _, image in zip(range(self.batch_size), source)]
+        return self.prep.submit(batch) if batch else None
+
+    def _split(self, prepared: PreparedBatch) -> list[PreparedBatch]:
+        """A batch prepared before the batch size was lowered runs in pieces of the new size."""
+        n, size = len(prepared.images), self.batch_size
+        return [_slice(prepared, i, min(n, i + size)) for i in range(0, n, size)]
+
+    # ---- device stages ---------------------------------------------------------------------------------
+    def _device_stages_with_backoff(self, prepared: PreparedBatch) -> list[DeviceBatch]:
+        """Run the device stages; on CUDA out-of-memory halve the batch (recursively) and keep the
+        halved size for every later batch."""
         try:
-            return self._gpu_stages(batch)
+            return [self._device_stages(prepared)]
         except torch.OutOfMemoryError:
-            if len(batch) == 1:
+            n = len(prepared.images)
+            if n == 1:
                 raise
-            torch.cuda.empty_cache()
-            half = len(batch) // 2
-            self.batch_size = max(1, half)
-            log.warning("CUDA out of memory at batch %d; halving the batch to %d", len(batch), half)
-            first = self._gpu_stages_with_backoff(batch[:half])
-            second = self._gpu_stages_with_backoff(batch[half:])
-            return _concat_gpu_parts(first, second)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = n // 2
+            self.batch_size = min(self.batch_size, half)
+            self.oom_events += 1
+            log.warning("CUDA out of memory at batch %d; batch size is %d from now on", n, self.batch_size)
+            first = self._device_stages_with_backoff(_slice(prepared, 0, half))
+            return first + self._device_stages_with_backoff(_slice(prepared, half, n))
 
     @torch.inference_mode()
-    def _gpu_stages(self, batch: list[LoadedImage]) -> tuple:
-        cfg = self.cfg
+    def _device_stages(self, prepared: PreparedBatch) -> DeviceBatch:
+        cfg, seeds = self.cfg, prepared.seeds
         timer = StageTimer(sync=True)
-        seeds = [image_seed(cfg.seed, image.rgb) for image in batch]
         with timer("encode"):
-            features = self.encoder([image.rgb for image in batch])  # {res: PatchFeatures [B, ...]}
+            features = self.encoder.encode(prepared.pixels)  # {res: PatchFeatures [B, N, C]}
         with timer("cluster"):
-            grids = cluster_grid_batched(features, cfg, seeds)  # [B, 32, 32]
-        caption_tokens = features[max(features)].tokens  # [B, 1024, 1024]: the 512-px patches
-        rows: list[tuple[int, int]] = []  # (image index, cluster id) per captioned cluster
-        cluster_embeds: list[torch.Tensor] = []  # each [n_c, 1024]
-        row_seeds: list[int] = []
+            grid = cluster_grid_batched(features, cfg, seeds, self.plan)  # [B, 32, 32]
         with timer("caption"):
-            for b in range(len(batch)):
-                for cid, patch_index in cluster_patch_indices(grids[b]).items():
-                    rows.append((b, cid))
-                    cluster_embeds.append(caption_tokens[b, patch_index.to(caption_tokens.device)])
-                    row_seeds.append(derived_seed(seeds[b], cid))
-            texts = caption_batched(self.blip, cluster_embeds, cfg, row_seeds)  # [n_rows][cycles]
-        captions: list[dict[int, list[str]]] = [{} for _ in batch]
-        for (b, cid), caps in zip(rows, texts):
-            captions[b][cid] = caps
-        per_image = {stage: sec / len(batch) for stage, sec in timer.as_dict().items()}
-        return grids.cpu(), captions, [dict(per_image) for _ in batch]
+            rows = grid.rows()  # (image, cluster id), from the grid's host copy
+            row_seeds = [derived_seed(seeds[b], cid) for b, cid in rows]
+            top = features[max(features)]  # the 512-px patches feed the captioner
+            ids = sample_captions(
+                self.blip,
+                top.tokens,
+                grid.labels.flatten(1),
+                rows,
+                row_seeds,
+                cfg.caption,
+                cuda_graphs=self.plan.sampler_graphs,
+            )
+        per_image = {stage: sec / len(seeds) for stage, sec in timer.as_dict().items()}
+        return DeviceBatch(prepared.images, grid, CaptionTokens(rows, cfg.caption.cycles, ids), per_image)
 
-    # ---- CPU stage -------------------------------------------------------------------------------
-    def _noun_stage(
-        self,
-        batch: list[LoadedImage],
-        grids: torch.Tensor,
-        captions: list[dict[int, list[str]]],
-        stage_seconds: list[dict[str, float]],
-    ) -> list[ImageResult]:
+    # ---- host stage ------------------------------------------------------------------------------------
+    def _host_stages(self, batches: list[DeviceBatch]) -> list[ImageResult]:
+        """Token ids -> captions -> nouns -> one ImageResult per image (runs on the host-stage thread)."""
+        return [result for batch in batches for result in self._results(batch)]
+
+    def _results(self, batch: DeviceBatch) -> list[ImageResult]:
+        cc, tokens = self.cfg.caption, batch.captions
         timer = StageTimer()
         with timer("nouns"):
-            flat = [(b, cid, caps) for b, per in enumerate(captions) for cid, caps in per.items()]
-            found = self.nouns.nouns_for_many([caps for _, _, caps in flat])
-        cluster_nouns: list[dict[int, list[str]]] = [{} for _ in batch]
-        for (b, cid, _), nouns in zip(flat, found):
-            cluster_nouns[b][cid] = nouns
-        noun_seconds = {"nouns": timer.as_dict()["nouns"] / max(1, len(batch))}
+            texts = decode_captions(self.blip.tokenizer, tokens.ids, cc)
+            per_row = [texts[i * tokens.cycles : (i + 1) * tokens.cycles] for i in range(len(tokens.rows))]
+            found = self.nouns.nouns_for_many(per_row)
+        n = len(batch.images)
+        captions: list[dict[int, list[str]]] = [{} for _ in range(n)]
+        cluster_nouns: list[dict[int, list[str]]] = [{} for _ in range(n)]
+        for (b, cid), caps, nouns in zip(tokens.rows, per_row, found):
+            captions[b][cid], cluster_nouns[b][cid] = caps, nouns
+        seconds = batch.seconds | {"nouns": timer.as_dict()["nouns"] / n}
         return [
-            build_result(image, grids[b], captions[b], cluster_nouns[b], stage_seconds[b] | noun_seconds)
-            for b, image in enumerate(batch)
+            ImageResult.build(image, batch.grid.host[b], captions[b], cluster_nouns[b], dict(seconds))
+            for b, image in enumerate(batch.images)
         ]
 
 
-def _batches(images: Iterable[LoadedImage], size: int) -> Iterator[list[LoadedImage]]:
-    batch: list[LoadedImage] = []
-    for image in images:
-        batch.append(image)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _concat_gpu_parts(first: tuple, second: tuple) -> tuple:
-    grids = torch.cat([first[0], second[0]])
-    return grids, first[1] + second[1], first[2] + second[2]
+def _slice(prepared: PreparedBatch, start: int, stop: int) -> PreparedBatch:
+    return PreparedBatch(
+        prepared.images[start:stop],
+        prepared.seeds[start:stop],
+        {res: pixels[start:stop] for res, pixels in prepared.pixels.items()},
+    )

@@ -12,13 +12,13 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from selfseg_fast.config import SelfSegConfig
-from selfseg_fast.engines.base import build_result, resolve_device
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.models.blip import load_blip
-from selfseg_fast.records import ImageResult
+from selfseg_fast.plan import resolve_plan
+from selfseg_fast.records import ClusterGrid, ImageResult
 from selfseg_fast.seeding import derived_seed, image_seed
 from selfseg_fast.stages.caption import caption_reference
-from selfseg_fast.stages.cluster import cluster_grid_reference, cluster_patch_indices
+from selfseg_fast.stages.cluster import cluster_grid_reference
 from selfseg_fast.stages.features import encode_reference
 from selfseg_fast.stages.nouns import NounExtractor
 from selfseg_fast.timing import StageTimer
@@ -31,7 +31,8 @@ class ReferenceEngine:
 
     def __init__(self, cfg: SelfSegConfig) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg)
+        self.plan = resolve_plan(cfg, engine="reference")
+        self.device = self.plan.device
         self.blip = load_blip(cfg, self.device)
         self.nouns = NounExtractor(cfg.nouns)
 
@@ -54,9 +55,10 @@ class ReferenceEngine:
         caption_tokens = features[max(features)].tokens[0]  # [32*32, 1024]: the 512-px patches
         captions: dict[int, list[str]] = {}
         with timer("caption"):
-            for cid, patch_index in cluster_patch_indices(grid).items():
-                embeds = caption_tokens[patch_index.to(caption_tokens.device)]  # [n_c, 1024]
+            for cid, patch_index in ClusterGrid.from_device(grid[None]).patch_indices(0).items():
+                index = torch.from_numpy(patch_index).to(caption_tokens.device)
+                embeds = caption_tokens[index]  # [n_c, 1024]
                 captions[cid] = caption_reference(self.blip, embeds, cfg, derived_seed(seed, cid))
         with timer("nouns"):
             cluster_nouns = {cid: self.nouns.nouns_for_reference(caps) for cid, caps in captions.items()}
-        return build_result(image, grid, captions, cluster_nouns, timer.as_dict())
+        return ImageResult.build(image, grid, captions, cluster_nouns, timer.as_dict())

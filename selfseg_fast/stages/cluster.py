@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from selfseg_fast.config import SelfSegConfig
-from selfseg_fast.records import PatchFeatures
+from selfseg_fast.plan import ExecutionPlan, resolve_plan
+from selfseg_fast.records import ClusterGrid, PatchFeatures
 from selfseg_fast.seeding import derived_seed
 from selfseg_fast.stages.align import (
     align_and_vote_batched,
@@ -55,13 +56,15 @@ def cluster_grid_reference(
     runs: list[np.ndarray] = []
     for res in sorted(features):
         feats = features[res]
+        x = feats.for_clustering()[b]  # [N, C + 256]
         for k in cc.k_values:
             labels = kmeans_reference(
-                feats.with_position[b],
+                x,
                 k,
                 kmeans_seed(seed, res, k),
                 max_iter=cc.kmeans_max_iter,
                 tol=cc.kmeans_tol,
+                n_init=cc.kmeans_n_init,
             )
             runs.append(to_output_grid(labels, feats.grid, out).reshape(out, out).numpy())
     aligned = align_runs_reference(runs, cc.align_cost)
@@ -74,27 +77,39 @@ def cluster_grid_reference(
 
 # ---- fast ------------------------------------------------------------------------------------------------
 def cluster_grid_batched(
-    features: dict[int, PatchFeatures], cfg: SelfSegConfig, seeds: list[int]
-) -> torch.Tensor:  # [B, 32, 32] int64
+    features: dict[int, PatchFeatures],
+    cfg: SelfSegConfig,
+    seeds: list[int],
+    plan: ExecutionPlan | None = None,
+) -> ClusterGrid:  # labels [B, 32, 32] int64 (device and host)
     """Every image of the batch at once: one batched k-means per resolution (all k together), batched
-    alignment, CRF and filter on the features' device."""
+    alignment, CRF and filter on the features' device. Host syncs per batch: one per `CHECK_EVERY`
+    k-means iterations per resolution, one for the Hungarian problems (plan.hungarian == "scipy"), one
+    for the final grids; none that grows with the number of images."""
     cc = cfg.cluster
+    plan = plan or resolve_plan(
+        cfg.with_overrides({"engine": "fast"}), next(iter(features.values())).tokens.device
+    )
     out = cc.output_grid
     runs = []
     for res in sorted(features):
         feats = features[res]
-        x = feats.with_position.float()  # [B, N, D]
+        x = feats.for_clustering()  # [B, N, D] float32
         bsz = x.shape[0]
         ks = [k for _ in range(bsz) for k in cc.k_values]
         problem_seeds = [kmeans_seed(seeds[i], res, k) for i in range(bsz) for k in cc.k_values]
         problems = x.repeat_interleave(len(cc.k_values), 0)  # [B * len(k), N, D]
-        solve = kmeans_cuml if cc.kmeans_backend == "cuml" else kmeans_batched
-        labels = solve(problems, ks, problem_seeds, max_iter=cc.kmeans_max_iter, tol=cc.kmeans_tol)
+        options = {"max_iter": cc.kmeans_max_iter, "tol": cc.kmeans_tol, "n_init": cc.kmeans_n_init}
+        if plan.kmeans == "cuml":
+            labels = kmeans_cuml(problems, ks, problem_seeds, **options)
+        else:
+            fast = {"use_triton": plan.kmeans_assign == "triton", "cuda_graphs": plan.kmeans_graphs}
+            labels = kmeans_batched(problems, ks, problem_seeds, **fast, **options)
         runs.append(to_output_grid(labels, feats.grid, out).reshape(bsz, len(cc.k_values), out * out))
     runs_t = torch.cat(runs, 1)  # [B, R, 32*32] in the reference's run order (resolution, then k)
     k_max = max(cc.k_values)
     votes, channel_ok = align_and_vote_batched(
-        runs_t, k_max, cc.align_cost, cc.hungarian_solver
+        runs_t, k_max, cc.align_cost, plan.hungarian
     )  # [B, k, N], [B, k]
     logits = crf_batched(
         votes.float().reshape(-1, k_max, out, out),
@@ -103,11 +118,5 @@ def cluster_grid_batched(
         cc.crf_smoothness_theta,
         cc.crf_iterations,
     )
-    grids = logits.argmax(1)  # [B, 32, 32]
-    return clean_batched(grids, k_max, cc.majority_filter_size, cc.majority_filter_max_iters)
-
-
-def cluster_patch_indices(grid: torch.Tensor) -> dict[int, torch.Tensor]:
-    """[32, 32] cluster grid -> {cluster id: LongTensor of flat patch indices}, ids ascending."""
-    flat = grid.reshape(-1)
-    return {int(c): torch.nonzero(flat == c).squeeze(1) for c in torch.unique(flat)}
+    grids = clean_batched(logits.argmax(1), k_max, cc.majority_filter_size, cc.majority_filter_max_iters)
+    return ClusterGrid.from_device(grids)  # the one copy of the grids to the host

@@ -70,21 +70,32 @@ def _separable_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
 
 def crf_batched(
     votes: torch.Tensor,  # [B, C, H, W] vote shares
-    channel_ok: torch.Tensor,  # [B, C] bool: channel exists for this image
+    channel_ok: torch.Tensor,  # [B, C] bool: channel exists for this image (channels 0..C_b-1)
     weight: float = 6.0,
     theta: float = 0.8,
     iterations: int = 5,
     filter_size: int = 11,
 ) -> torch.Tensor:  # [B, C, H, W] logits (-inf in absent channels)
-    """crfseg's mean field for a whole batch: softmax, Gaussian message, Potts transform, add unary."""
+    """crfseg's mean field for a whole batch: softmax, Gaussian message, Potts transform, add unary.
+
+    An image with a single channel is crfseg's binary case: a zero-unary second channel takes part in
+    the mean field and the output is the difference of the two channels' logits."""
+    b, c, h, w = votes.shape
+    if c == 1:  # room for the binary case's second channel
+        votes = torch.cat([votes, votes.new_zeros(b, 1, h, w)], 1)
+        channel_ok = torch.cat([channel_ok, channel_ok.new_zeros(b, 1)], 1)
     taps = gaussian_taps(theta, filter_size, votes.device, votes.dtype)
-    mask = channel_ok[:, :, None, None]
-    unary = votes.masked_fill(~mask, float("-inf"))
+    binary = (channel_ok.sum(1) == 1)[:, None] & (torch.arange(votes.shape[1], device=votes.device) == 1)
+    unary = votes.masked_fill(~(channel_ok | binary)[:, :, None, None], float("-inf"))
+    unary = torch.where(binary[:, :, None, None], 0.0, unary)
     x = unary
     for _ in range(iterations):
         q = torch.softmax(x, dim=1)  # absent channels get probability 0
         x = unary + weight * _separable_filter(q, taps)  # Potts: -(-message)
-    return x
+    is_binary = binary.any(1)[:, None, None]  # [B, 1, 1]
+    first = torch.where(is_binary, x[:, 0] - x[:, 1], x[:, 0])
+    rest = torch.where(is_binary[:, None], float("-inf"), x[:, 1:])
+    return torch.cat([first[:, None], rest], 1)[:, :c]
 
 
 # ---- majority filter -------------------------------------------------------------------------------------
@@ -111,17 +122,16 @@ def clean_reference(grid: np.ndarray, size: int = 3, max_iters: int = 8) -> np.n
 
 
 def clean_batched(grids: torch.Tensor, n_labels: int, size: int = 3, max_iters: int = 8) -> torch.Tensor:
-    """[B, H, W] labels (< n_labels) -> filtered [B, H, W]; each image stops when it is stable."""
+    """[B, H, W] labels (< n_labels) -> filtered [B, H, W]; each image stops when it is stable (an
+    on-device mask: all `max_iters` passes run, a stable image no longer changes; no host sync)."""
     pad = size // 2
     box = torch.ones(n_labels, 1, size, size, device=grids.device)
+    labels = torch.arange(n_labels, device=grids.device)[None, :, None, None]
     active = torch.ones(grids.shape[0], dtype=torch.bool, device=grids.device)
     for _ in range(max_iters):
-        one_hot = F.one_hot(grids, n_labels).permute(0, 3, 1, 2).float()  # [B, L, H, W]
+        one_hot = (grids[:, None] == labels).float()  # [B, L, H, W]
         counts = F.conv2d(F.pad(one_hot, (pad,) * 4, mode="replicate"), box, groups=n_labels)
         new = counts.argmax(1)  # first maximum = smallest label on ties
-        changed = (new != grids).flatten(1).any(1)
-        active = active & changed
+        active = active & (new != grids).flatten(1).any(1)
         grids = torch.where(active[:, None, None], new, grids)
-        if not bool(active.any()):
-            break
     return grids

@@ -130,25 +130,25 @@ class XDecoderHead(nn.Module):
         self.pos_embed_caping = nn.Embedding(cfg.context_length, dim)  # captioning head (unused here)
         self.register_buffer("self_attn_mask", official_self_attn_mask(cfg.num_queries, cfg.context_length))
 
-    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, text: torch.Tensor, target_size):
-        """Class logits, mask logits and the next round's attention mask from the queries [Q, B, C]."""
+    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, target_size):
+        """Class embeddings (before the text), mask logits and the next round's attention mask from the
+        queries [Q, B, C]. The text enters only the class logits, never the masks or the attention."""
         q = self.cfg.num_queries
         dec = self.decoder_norm(output).transpose(0, 1)  # [B, Q, C]
         normed = dec / (dec.norm(dim=-1, keepdim=True) + 1e-7)
         sim = (normed[:, q - 1 : q] @ normed[:, : q - 1].transpose(1, 2)).softmax(-1)[:, 0, :, None]
         cls_token = (sim * dec[:, : q - 1]).sum(dim=1, keepdim=True)
         dec = torch.cat((dec[:, : q - 1], cls_token), dim=1)
-        logits = self.lang_encoder.compute_similarity(dec @ self.class_embed, text)  # [B, Q, K]
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(dec), mask_features)
         attn = F.interpolate(masks, size=target_size, mode="bicubic", align_corners=False, antialias=True)
         attn = attn.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.cfg.heads, 1, 1).flatten(0, 1) < 0.5
-        return logits, masks, attn.detach()
+        return dec, masks, attn.detach()
 
-    def forward(
-        self, features: list[torch.Tensor], mask_features: torch.Tensor, text: torch.Tensor
+    def forward_image(
+        self, features: list[torch.Tensor], mask_features: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """features: [res5, res4, res3] maps; text [K, P] -> pred_logits [B, Q, K], pred_masks [B, Q, h, w]
-        (h, w: the mask features' size)."""
+        """The text-free part: features [res5, res4, res3] maps -> class_embed [B, Q, P] (the queries
+        projected by `class_embed`, before the similarity with the text), pred_masks [B, Q, h, w]."""
         src, pos, sizes = [], [], []
         for i, x in enumerate(features):
             sizes.append(x.shape[-2:])
@@ -163,7 +163,7 @@ class XDecoderHead(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
         self_mask = self.self_attn_mask[:, :q, :q].repeat(bs * self.cfg.heads, 1, 1)
-        logits, masks, attn = self._predict(output, mask_features, text, sizes[0])
+        dec, masks, attn = self._predict(output, mask_features, sizes[0])
         for i in range(len(self.transformer_cross_attention_layers)):
             level = i % 3
             attn = attn & ~attn.all(-1, keepdim=True)  # a query with an empty mask attends everywhere
@@ -172,5 +172,17 @@ class XDecoderHead(nn.Module):
             )
             output = self.transformer_self_attention_layers[i](output, self_mask, query_pos)
             output = self.transformer_ffn_layers[i](output)
-            logits, masks, attn = self._predict(output, mask_features, text, sizes[(i + 1) % 3])
-        return {"pred_logits": logits, "pred_masks": masks}
+            dec, masks, attn = self._predict(output, mask_features, sizes[(i + 1) % 3])
+        return {"class_embed": dec @ self.class_embed, "pred_masks": masks}
+
+    def forward(
+        self, features: list[torch.Tensor], mask_features: torch.Tensor, text: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """features: [res5, res4, res3] maps; text [K, P] -> pred_logits [B, Q, K], pred_masks [B, Q, h, w]
+        (h, w: the mask features' size). Only the last round's logits are computed (the official code
+        computes every round's for its auxiliary losses; inference reads the last)."""
+        out = self.forward_image(features, mask_features)
+        return {
+            "pred_logits": self.lang_encoder.compute_similarity(out["class_embed"], text),
+            "pred_masks": out["pred_masks"],
+        }

@@ -18,7 +18,6 @@ token id, `<|endoftext|>`), times `lang_proj`, L2-normalized. Two implementation
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -30,7 +29,6 @@ from torch import nn
 from selfseg_fast.errors import SelfSegError
 
 TextImpl = Literal["reference", "fast"]
-IMPL_ENV = "SELFSEG_XDECODER_TEXT_IMPL"  # set to "reference" to turn the fast path off while debugging
 
 
 @dataclass
@@ -177,12 +175,11 @@ class LanguageEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]))
 
     def resolve_impl(self, impl: TextImpl | None) -> TextImpl:
-        """Explicit argument, else the env switch, else the config; `fast` needs the causal encoder."""
-        impl = impl or os.environ.get(IMPL_ENV) or self.cfg.impl
+        """Explicit argument, else the config (which `build_segmenter` sets from the engine's plan, where
+        the SELFSEG_XDECODER_TEXT_IMPL switch is read); `fast` needs the causal encoder."""
+        impl = impl or self.cfg.impl
         if impl not in ("reference", "fast"):
-            raise SelfSegError(
-                f"{IMPL_ENV}/impl: unknown text encoder implementation {impl!r}; use reference|fast"
-            )
+            raise SelfSegError(f"text encoder: unknown implementation {impl!r}; use reference|fast")
         return "fast" if impl == "fast" and self.cfg.autoregressive else "reference"
 
     def forward_language(
