@@ -179,11 +179,11 @@ class SelfSegPipeline:
         if self.plan.engine != "fast":
             described = self._describe(images)
             return [self._segment_described(image, result) for image, result in zip(images, described)]
-        branches: dict[int, Future] = {}
+        feeder = _BranchFeeder(images, seg, lambda: getattr(self.engine, "batch_size", 1))
         pending = []
-        for i, result in enumerate(self.engine.describe_stream(self._feed_branches(images, branches))):
+        for i, result in enumerate(self.engine.describe_stream(feeder)):
             names = list(result.nouns)[: seg.sc.max_names]
-            branch = branches.pop(i)
+            branch = feeder.take(i)
             pending.append((result, names, seg.finish(branch, names) if names else None))
         out = []
         for image, (result, names, segmented) in zip(images, pending):
@@ -203,23 +203,6 @@ class SelfSegPipeline:
         """maskblip's second pass (--authors-code maskblip); a no-op unless configured."""
         return resegment(label_map, names, lambda kept: self._segment([image], [kept])[0], self.cfg.segmenter)
 
-    def _feed_branches(self, images: list[LoadedImage], branches: dict[int, Future]) -> Iterator[LoadedImage]:
-        """Yield the images to the engine; each group of an engine batch's size has its image branch
-        queued on the segmenter's worker as the engine starts preparing the group that follows it."""
-        group: list[int] = []
-        for i, image in enumerate(images):
-            if len(group) >= getattr(self.engine, "batch_size", 1):
-                self._queue_branches(images, group, branches)
-                group = []
-            group.append(i)
-            yield image
-        if group:
-            self._queue_branches(images, group, branches)
-
-    def _queue_branches(self, images, group: list[int], branches: dict[int, Future]) -> None:
-        for i, future in zip(group, self.segmenter.start([images[i].rgb for i in group])):
-            branches[i] = future
-
     def _segment_described(self, image: LoadedImage, result: ImageResult) -> Segmentation:
         """Reference engine: the official per-image segmentation after the image is described."""
         names = list(result.nouns)[: self.segmenter.sc.max_names]
@@ -229,6 +212,37 @@ class SelfSegPipeline:
             label_map, names = self._resegment(image, label_map, names)
         result.stage_seconds.update(timer.as_dict())
         return Segmentation(result, names, label_map)
+
+
+class _BranchFeeder:
+    """Yields the images to the engine and queues the segmenter's image branch of each group of an
+    engine batch's size as the engine starts reading the group that follows it; `take(i)` hands out
+    image i's branch (queued now if the engine got ahead of the feeder)."""
+
+    def __init__(self, images: list[LoadedImage], segmenter, batch_size) -> None:
+        self.images, self.segmenter, self.batch_size = images, segmenter, batch_size
+        self.branches: dict[int, Future] = {}
+        self.queued: set[int] = set()
+
+    def __iter__(self) -> Iterator[LoadedImage]:
+        group: list[int] = []
+        for i, image in enumerate(self.images):
+            if len(group) >= self.batch_size():
+                self._queue(group)
+                group = []
+            group.append(i)
+            yield image
+        self._queue(group)
+
+    def _queue(self, group: list[int]) -> None:
+        group = [i for i in group if i not in self.queued]
+        if group:
+            self.queued.update(group)
+            self.branches.update(zip(group, self.segmenter.start([self.images[i].rgb for i in group])))
+
+    def take(self, i: int) -> Future:
+        self._queue([i])
+        return self.branches.pop(i)
 
 
 def _base_config(preset_or_config: str | Path | SelfSegConfig) -> SelfSegConfig:

@@ -124,25 +124,61 @@ def test_resegment_segments_again_with_the_kept_names():
     assert resegment(np.zeros((4, 4), int), ["a"], segment, cfg)[1] == ["a"] and len(calls) == 1
 
 
-def test_pipeline_run_resegments_when_configured():
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_pipeline_run_resegments_when_configured(engine: str):
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from selfseg_fast.models.xdecoder.segmenter import Segmented
     from selfseg_fast.pipeline import SelfSegPipeline
     from selfseg_fast.records import ImageResult
 
     class Engine:
+        batch_size = 4
+
         def describe(self, images):
-            return [ImageResult("x", [[0]], {}, {}, ["sky", "car"], {})]
+            return list(self.describe_stream(images))
+
+        def describe_stream(self, images):
+            for _ in images:
+                yield ImageResult("x", [[0]], {}, {}, ["sky", "car"], {})
+
+    def done(value) -> Future:
+        future: Future = Future()
+        future.set_result(value)
+        return future
 
     class Segmenter:
+        """Both paths' surface: the first name wins everywhere."""
+
+        sc = SimpleNamespace(max_names=256)
+
         def __init__(self):
             self.calls = []
 
+        def check_request(self, height, width, n_names, what="image"):
+            pass
+
         def segment(self, rgb, names):
             self.calls.append(list(names))
-            return np.zeros(rgb.shape[:2], dtype=np.int64)  # the first name everywhere
+            return np.zeros(rgb.shape[:2], dtype=np.int64)
+
+        def image_branch(self, rgbs):
+            return list(rgbs)
+
+        def label_map(self, rgb, names):
+            return self.segment(rgb, names)
+
+        def start(self, rgbs):
+            return [done(rgb) for rgb in rgbs]
+
+        def finish(self, branch, names):
+            return done(Segmented(self.segment(branch.result(), names), 0.0))
 
     image = np.zeros((8, 8, 3), np.uint8)  # any API input
     for resegment_on, expected in ((False, ["sky", "car"]), (True, ["car"])):
-        pipe = SelfSegPipeline(SelfSegConfig().with_overrides({"segmenter.resegment": resegment_on}))
+        overrides = {"segmenter.resegment": resegment_on, "engine": engine}
+        pipe = SelfSegPipeline(SelfSegConfig().with_overrides(overrides))
         pipe._engine, pipe._segmenter = Engine(), Segmenter()  # models stand-ins: nothing loads
         (result,) = pipe.run([image])
         assert result.class_names == expected  # "sky" covered 100 %: dropped, segmented again with "car"
