@@ -67,7 +67,7 @@ def test_worker_processes_give_the_same_nouns():
     lists = [
         [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(4)] for _ in range(30)
     ]
-    nouns = NounExtractor(SelfSegConfig().maskblip().nouns, workers=1, min_parallel=1)
+    nouns = NounExtractor(SelfSegConfig().authors_code("autoseg").nouns, workers=1, min_parallel=1)
     got = nouns.nouns_for_many(lists)
     assert nouns.workers == 1  # the pool really ran (a broken pool would have fallen back in-process)
     assert got == [nouns.nouns_for_reference(caps) for caps in lists]

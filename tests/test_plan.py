@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_reference_and_fast_plans_on_cpu():
-    cfg = SelfSegConfig()
+    cfg = SelfSegConfig(engine="reference")
     ref = resolve_plan(cfg, "cpu")
     assert (ref.engine, ref.kmeans, ref.hungarian, ref.sampler, ref.noun_workers) == (
         "reference", "scikit-learn", "scipy", "hf-generate", 0
@@ -82,11 +82,12 @@ def test_missing_cuml_is_refused_when_the_plan_is_made():
 
 def test_no_stage_reads_the_environment_or_probes_libraries():
     """Implementation choices live in plan.py only: the stage, engine, model and kernel code never
-    reads an environment variable (loading code in models/blip.py may: it is not a choice)."""
+    reads an environment variable (loading code may: checkpoint.py / checkpoint_files.py read the HF
+    hub's variables, which choose where weights come from, not which implementation runs)."""
     offenders = []
     for folder in ("selfseg_fast/stages", "selfseg_fast/engines", "selfseg_fast/models/xdecoder", "kernels"):
         for path in (ROOT / folder).rglob("*.py"):
-            if path.name == "checkpoint.py":
+            if path.name in ("checkpoint.py", "checkpoint_files.py"):
                 continue
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if re.search(r"os\.environ|getenv\(", line):
