@@ -95,6 +95,11 @@ class CaptionConfig:
     # True: min/max_new_tokens count the whole sequence ([DEC] + prompt included), as HF's
     # min_length/max_length do in LAVIS (both releases); False: generated tokens only (the paper's 4 / 25).
     length_includes_prompt: bool = False
+    # Adaptive cycles (not in the paper: 0 = off): a cluster stops once this many consecutive cycles
+    # added no new noun to it (at most `cycles`). Cycles then run in rounds of `adaptive_round` (also
+    # when a request has a deadline); 1 stops exactly at (cycle of the last new noun) + patience.
+    adaptive_patience: NonNegativeInt = 0
+    adaptive_round: PositiveInt = 1
     bos_token_id: NonNegativeInt = 30522  # BLIP's [DEC]
     eos_token_id: NonNegativeInt = 102  # [SEP]
     pad_token_id: NonNegativeInt = 0

@@ -53,6 +53,9 @@ class LoadedImage:
     rgb: np.ndarray  # [H, W, 3] uint8, upright (EXIF applied)
     original_mode: str  # Pillow mode of the file, e.g. "I;16", "RGBA", "CMYK"
     original_size: tuple[int, int]  # (W, H) as stored in the file, before EXIF rotation
+    # A request's deadline (time.monotonic() seconds) for its caption cycles; None: no deadline. Past
+    # it, the image keeps the names found so far and its result says `degraded` (stages/adaptive.py).
+    deadline: float | None = None
 
 
 def display_path(path: str | os.PathLike) -> str:

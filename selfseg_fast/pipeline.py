@@ -13,7 +13,9 @@ needs BLIP. `load()` loads both up front (services).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -42,6 +44,11 @@ class Segmentation:
     description: ImageResult
     class_names: list[str]
     label_map: np.ndarray  # [H, W] int64, index into class_names (-1: no names were found)
+
+    @property
+    def degraded(self) -> bool:
+        """A deadline cut the caption cycles short: the names are those found in time."""
+        return self.description.degraded
 
 
 class SelfSegPipeline:
@@ -117,10 +124,11 @@ class SelfSegPipeline:
         return self
 
     # ---- public calls: any image input, one in -> one out, a list in -> a list out ----------------
-    def describe(self, images: Any) -> ImageResult | list[ImageResult]:
-        """BLIP-Cluster-Caption + nouns for each image."""
+    def describe(self, images: Any, *, deadline_ms: float | None = None) -> ImageResult | list[ImageResult]:
+        """BLIP-Cluster-Caption + nouns for each image. `deadline_ms` (from now) bounds the caption
+        cycles: past it, an image keeps the names found so far and its result says `degraded`."""
         loaded, single = as_images(images)
-        results = self._describe(loaded)
+        results = self._describe(with_deadline(loaded, deadline_ms))
         return results[0] if single else results
 
     def describe_stream(self, images: Iterable[Any]) -> Iterator[ImageResult]:
@@ -140,10 +148,11 @@ class SelfSegPipeline:
         maps = self._segment(loaded, names)
         return maps[0] if single else maps
 
-    def run(self, images: Any) -> Segmentation | list[Segmentation]:
-        """The self-guided pipeline: describe, then segment each image with its own nouns."""
+    def run(self, images: Any, *, deadline_ms: float | None = None) -> Segmentation | list[Segmentation]:
+        """The self-guided pipeline: describe, then segment each image with its own nouns
+        (`deadline_ms`: as in `describe`)."""
         loaded, single = as_images(images)
-        results = self._run(loaded)
+        results = self._run(with_deadline(loaded, deadline_ms))
         return results[0] if single else results
 
     # ---- the work, on loaded images ----------------------------------------------------------------
@@ -212,6 +221,16 @@ class SelfSegPipeline:
             label_map, names = self._resegment(image, label_map, names)
         result.stage_seconds.update(timer.as_dict())
         return Segmentation(result, names, label_map)
+
+
+def with_deadline(images: list[LoadedImage], deadline_ms: float | None) -> list[LoadedImage]:
+    """The images with an absolute caption deadline `deadline_ms` from now (None: unchanged)."""
+    if deadline_ms is None:
+        return images
+    if not deadline_ms > 0:
+        raise SelfSegError(f"deadline_ms = {deadline_ms!r}: must be a positive number of milliseconds")
+    deadline = time.monotonic() + deadline_ms / 1000
+    return [dataclasses.replace(image, deadline=deadline) for image in images]
 
 
 class _BranchFeeder:

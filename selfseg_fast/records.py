@@ -70,12 +70,23 @@ class CaptionTokens:
 
 
 @dataclass(frozen=True)
+class CaptionTexts:
+    """Adaptive or deadline-bound captioning (stages/adaptive.py): each row ran its own number of
+    cycles, already decoded and tagged on the way."""
+
+    rows: list[tuple[int, int]]  # (image, cluster id) per captioned cluster
+    captions: list[list[str]]  # per row: the captions of the cycles it ran
+    nouns: list[list[str]]  # per row: its nouns, first-seen order
+    degraded: list[bool]  # per image: a deadline stopped some of its rows
+
+
+@dataclass(frozen=True)
 class DeviceBatch:
     """What the device stages hand to the host stage for one batch."""
 
     images: list[LoadedImage]  # [B]
     grid: ClusterGrid
-    captions: CaptionTokens
+    captions: CaptionTokens | CaptionTexts
     seconds: dict[str, float]  # device stage -> seconds per image
 
 
@@ -89,6 +100,7 @@ class ImageResult:
     cluster_nouns: dict[int, list[str]]  # cluster id -> nouns
     nouns: list[str]  # union over clusters, first-seen order
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    degraded: bool = False  # a deadline cut the caption cycles short: the names found so far
 
     @classmethod
     def build(
@@ -98,6 +110,7 @@ class ImageResult:
         captions: dict[int, list[str]],
         cluster_nouns: dict[int, list[str]],
         stage_seconds: dict[str, float],
+        degraded: bool = False,
     ) -> ImageResult:
         """One image's record; the noun union keeps first-seen order over clusters in id order."""
         union = list(dict.fromkeys(noun for cid in sorted(cluster_nouns) for noun in cluster_nouns[cid]))
@@ -108,6 +121,7 @@ class ImageResult:
             cluster_nouns={int(c): list(v) for c, v in cluster_nouns.items()},
             nouns=union,
             stage_seconds=stage_seconds,
+            degraded=degraded,
         )
 
     def to_json(self) -> dict:
@@ -120,4 +134,5 @@ class ImageResult:
             },
             "cluster_grid": self.cluster_grid,
             "stage_seconds": self.stage_seconds,
+            "degraded": self.degraded,
         }

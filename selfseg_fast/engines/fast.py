@@ -26,8 +26,9 @@ from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.models.blip import load_blip
 from selfseg_fast.plan import resolve_plan
-from selfseg_fast.records import CaptionTokens, DeviceBatch, ImageResult
+from selfseg_fast.records import CaptionTexts, CaptionTokens, DeviceBatch, ImageResult
 from selfseg_fast.seeding import derived_seed
+from selfseg_fast.stages.adaptive import CycleTracker, deadline_clock, run_rounds
 from selfseg_fast.stages.caption import decode_captions, sample_captions
 from selfseg_fast.stages.cluster import cluster_grid_batched
 from selfseg_fast.stages.features import FastEncoder
@@ -121,17 +122,44 @@ class FastEngine:
             rows = grid.rows()  # (image, cluster id), from the grid's host copy
             row_seeds = [derived_seed(seeds[b], cid) for b, cid in rows]
             top = features[max(features)]  # the 512-px patches feed the captioner
-            ids = sample_captions(
-                self.blip,
-                top.tokens,
-                grid.labels.flatten(1),
-                rows,
-                row_seeds,
-                cfg.caption,
-                cuda_graphs=self.plan.sampler_graphs,
-            )
+            labels = grid.labels.flatten(1)
+            if cfg.caption.adaptive_patience or any(im.deadline is not None for im in prepared.images):
+                captions = self._caption_rounds(top.tokens, labels, rows, row_seeds, prepared.images)
+            else:
+                ids = sample_captions(
+                    self.blip, top.tokens, labels, rows, row_seeds, cfg.caption,
+                    cuda_graphs=self.plan.sampler_graphs,
+                )  # fmt: skip
+                captions = CaptionTokens(rows, cfg.caption.cycles, ids)
         per_image = {stage: sec / len(seeds) for stage, sec in timer.as_dict().items()}
-        return DeviceBatch(prepared.images, grid, CaptionTokens(rows, cfg.caption.cycles, ids), per_image)
+        return DeviceBatch(prepared.images, grid, captions, per_image)
+
+    def _caption_rounds(self, tokens, labels, rows, row_seeds, images: list[LoadedImage]) -> CaptionTexts:
+        """Adaptive cycles and deadlines (stages/adaptive.py): rounds of `adaptive_round` cycles for the
+        rows still active; each round's captions are decoded and tagged here, on the launching thread."""
+        cc = self.cfg.caption
+        tracker = CycleTracker(len(rows), cc.cycles, cc.adaptive_patience)
+        should_stop, expire = deadline_clock([b for b, _ in rows], [image.deadline for image in images])
+
+        def sample_round(active: list[int], first: int, cycles: int) -> list[list[str]] | None:
+            ids = sample_captions(
+                self.blip, tokens, labels, [rows[r] for r in active], [row_seeds[r] for r in active],
+                dataclasses.replace(cc, cycles=cycles), cuda_graphs=self.plan.sampler_graphs,
+                first_cycle=first, should_stop=should_stop,
+            )  # fmt: skip
+            if ids is None:
+                return None
+            texts = decode_captions(self.blip.tokenizer, ids, cc)
+            return [texts[i * cycles : (i + 1) * cycles] for i in range(len(active))]
+
+        def nouns_of(captions: list[str]) -> list[list[str]]:
+            return self.nouns.nouns_for_many([[caption] for caption in captions])
+
+        run_rounds(tracker, cc.adaptive_round, sample_round, nouns_of, expire)
+        degraded = [False] * len(images)
+        for (b, _), expired in zip(rows, tracker.expired):
+            degraded[b] |= expired
+        return CaptionTexts(rows, tracker.captions, tracker.nouns, degraded)
 
     # ---- host stage ------------------------------------------------------------------------------------
     def _host_stages(self, batches: list[DeviceBatch]) -> list[ImageResult]:
@@ -141,18 +169,25 @@ class FastEngine:
     def _results(self, batch: DeviceBatch) -> list[ImageResult]:
         cc, tokens = self.cfg.caption, batch.captions
         timer = StageTimer()
-        with timer("nouns"):
-            texts = decode_captions(self.blip.tokenizer, tokens.ids, cc)
-            per_row = [texts[i * tokens.cycles : (i + 1) * tokens.cycles] for i in range(len(tokens.rows))]
-            found = self.nouns.nouns_for_many(per_row)
         n = len(batch.images)
+        with timer("nouns"):
+            if isinstance(tokens, CaptionTexts):  # decoded and tagged round by round already
+                per_row, found, degraded = tokens.captions, tokens.nouns, tokens.degraded
+            else:
+                texts = decode_captions(self.blip.tokenizer, tokens.ids, cc)
+                per_row = [
+                    texts[i * tokens.cycles : (i + 1) * tokens.cycles] for i in range(len(tokens.rows))
+                ]
+                found, degraded = self.nouns.nouns_for_many(per_row), [False] * n
         captions: list[dict[int, list[str]]] = [{} for _ in range(n)]
         cluster_nouns: list[dict[int, list[str]]] = [{} for _ in range(n)]
         for (b, cid), caps, nouns in zip(tokens.rows, per_row, found):
             captions[b][cid], cluster_nouns[b][cid] = caps, nouns
         seconds = batch.seconds | {"nouns": timer.as_dict()["nouns"] / n}
         return [
-            ImageResult.build(image, batch.grid.host[b], captions[b], cluster_nouns[b], dict(seconds))
+            ImageResult.build(
+                image, batch.grid.host[b], captions[b], cluster_nouns[b], dict(seconds), degraded[b]
+            )
             for b, image in enumerate(batch.images)
         ]
 

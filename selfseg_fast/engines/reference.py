@@ -7,6 +7,7 @@ spaCy one caption at a time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -17,6 +18,7 @@ from selfseg_fast.models.blip import load_blip
 from selfseg_fast.plan import resolve_plan
 from selfseg_fast.records import ClusterGrid, ImageResult
 from selfseg_fast.seeding import derived_seed, image_seed
+from selfseg_fast.stages.adaptive import CycleTracker
 from selfseg_fast.stages.caption import caption_reference
 from selfseg_fast.stages.cluster import cluster_grid_reference
 from selfseg_fast.stages.features import encode_reference
@@ -54,11 +56,24 @@ class ReferenceEngine:
             grid = cluster_grid_reference(features, 0, cfg, seed)  # [32, 32]
         caption_tokens = features[max(features)].tokens[0]  # [32*32, 1024]: the 512-px patches
         captions: dict[int, list[str]] = {}
+        degraded = False
         with timer("caption"):
             for cid, patch_index in ClusterGrid.from_device(grid[None]).patch_indices(0).items():
+                if image.deadline is not None and time.monotonic() >= image.deadline:
+                    degraded = True  # the names found so far; the other clusters are not captioned
+                    break
                 index = torch.from_numpy(patch_index).to(caption_tokens.device)
                 embeds = caption_tokens[index]  # [n_c, 1024]
                 captions[cid] = caption_reference(self.blip, embeds, cfg, derived_seed(seed, cid))
         with timer("nouns"):
+            if cfg.caption.adaptive_patience:  # the adaptive rule applied to the cycles, in order
+                captions = {cid: self._adaptive_prefix(caps) for cid, caps in captions.items()}
             cluster_nouns = {cid: self.nouns.nouns_for_reference(caps) for cid, caps in captions.items()}
-        return ImageResult.build(image, grid, captions, cluster_nouns, timer.as_dict())
+        return ImageResult.build(image, grid, captions, cluster_nouns, timer.as_dict(), degraded)
+
+    def _adaptive_prefix(self, captions: list[str]) -> list[str]:
+        """The cycles an adaptive run keeps (stages/adaptive.py): up to the stop by patience."""
+        tracker = CycleTracker(1, self.cfg.caption.cycles, self.cfg.caption.adaptive_patience)
+        for caption, nouns in zip(captions, self.nouns.extract(captions)):
+            tracker.add(0, caption, nouns)
+        return tracker.captions[0]

@@ -32,6 +32,7 @@ distribution (different random streams, so not the same strings).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,13 +165,16 @@ def sample_next(
 
 
 # ---- fast: the batched sampler ---------------------------------------------------------------------------
-def row_uniforms(seeds: list[int], cycles: int, steps: int) -> torch.Tensor:
-    """[len(seeds) * cycles, steps] float32: cluster k's `cycles` rows draw from seed_k's own generator,
-    so a cluster's captions never depend on what else is in the batch."""
+def row_uniforms(seeds: list[int], cycles: int, steps: int, first_cycle: int = 0) -> torch.Tensor:
+    """[len(seeds) * cycles, steps] float32: cluster k's rows draw from seed_k's own generator, so a
+    cluster's captions never depend on what else is in the batch. Cycle c always gets the c-th block of
+    the stream: `first_cycle` skips the blocks of earlier cycles (adaptive rounds draw exactly what the
+    fixed-cycle run draws for the same cycles)."""
     out = torch.empty(len(seeds), cycles, steps, dtype=torch.float32)
     for k, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(int(seed))
-        out[k] = torch.rand(cycles, steps, generator=gen, dtype=torch.float64).float()
+        drawn = torch.rand(first_cycle + cycles, steps, generator=gen, dtype=torch.float64)
+        out[k] = drawn[first_cycle:].float()
     return out.reshape(len(seeds) * cycles, steps)
 
 
@@ -185,18 +189,28 @@ def sample_captions(
     *,
     sync_every: int = 4,
     cuda_graphs: bool = False,
-) -> np.ndarray:  # [len(rows) * cycles, T] int64 token ids (prefix included, pad after [SEP])
-    """Every row x cycle decoded together; see the module docstring."""
+    first_cycle: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray | None:  # [len(rows) * cycles, T] int64 token ids (prefix included, pad after [SEP])
+    """Every row x cycle decoded together; see the module docstring. `cc.cycles` cycles per row,
+    numbered from `first_cycle` (their random draws are those of the same cycles in a longer run).
+    `should_stop` (a host-side check, e.g. a deadline; no device sync) is asked before every decoder
+    step: when it says stop, the loop ends and None is returned (nothing of this call is kept)."""
     spec = DecodeSpec.from_config(bundle.tokenizer, cc)
     if not rows:
         return np.zeros((0, len(spec.prefix) + spec.max_new), dtype=np.int64)
     decoder = FastBlipTextDecoder(bundle.model.text_decoder)
     decoder.start(image_tokens)
-    state = _DecodeState.start(decoder, spec, rows, labels, row_uniforms(seeds, cc.cycles, spec.max_new), cc)
+    uniforms = row_uniforms(seeds, cc.cycles, spec.max_new, first_cycle)
+    state = _DecodeState.start(decoder, spec, rows, labels, uniforms, cc)
     step = _Stepper(decoder, cuda_graphs)
     for pos in range(len(spec.prefix) - 1):  # feed the prompt (its logits are not needed)
+        if should_stop is not None and should_stop():
+            return None
         step(state, pos)
     for new in range(spec.max_new):
+        if should_stop is not None and should_stop():
+            return None
         pos = len(spec.prefix) - 1 + new
         logits = step(state, pos)
         nxt = sample_next(

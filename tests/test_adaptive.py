@@ -1,0 +1,136 @@
+"""Adaptive caption cycles and deadlines (stages/adaptive.py): the stopping rule on a stub sampler, the
+deadline bookkeeping on a fake clock, and both engines on random-tiny weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from selfseg_fast.config import SelfSegConfig
+from selfseg_fast.engines.fast import FastEngine
+from selfseg_fast.engines.reference import ReferenceEngine
+from selfseg_fast.errors import SelfSegError
+from selfseg_fast.pipeline import SelfSegPipeline, with_deadline
+from selfseg_fast.stages.adaptive import CycleTracker, deadline_clock, run_rounds
+from selfseg_fast.stages.caption import row_uniforms
+from tests.test_engines import structured_images
+
+MAX_CYCLES = 20
+
+
+def pool_caption(row: int, cycle: int) -> str:
+    """A fixed noun pool per row: row r meets a new noun at cycles 0, 1, ..., r + 1 (then repeats)."""
+    return " ".join(f"n{row}x{min(cycle, row + 1)}" for _ in range(2)) + f" n{row}x0"
+
+
+def stub_sampler(calls: list):
+    def sample_round(active: list[int], first: int, cycles: int) -> list[list[str]]:
+        calls.append((list(active), first, cycles))
+        return [[pool_caption(r, first + c) for c in range(cycles)] for r in active]
+
+    return sample_round
+
+
+def split_nouns(captions: list[str]) -> list[list[str]]:
+    return [caption.split() for caption in captions]
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+@pytest.mark.parametrize("round_size", [1, 3])
+def test_adaptive_finds_the_fixed_noun_set_and_stops_in_time(patience: int, round_size: int) -> None:
+    rows = 5
+    fixed = CycleTracker(rows, MAX_CYCLES, patience=0)
+    run_rounds(fixed, MAX_CYCLES, stub_sampler([]), split_nouns)
+    assert all(fixed.cycles_run(r) == MAX_CYCLES for r in range(rows))
+    calls: list = []
+    adaptive = run_rounds(
+        CycleTracker(rows, MAX_CYCLES, patience), round_size, stub_sampler(calls), split_nouns
+    )
+    for r in range(rows):
+        assert set(adaptive.nouns[r]) == set(fixed.nouns[r])  # the same names as 20 fixed cycles
+        last_new = r + 1  # 0-based cycle of the row's last new noun
+        assert adaptive.cycles_run(r) <= last_new + 1 + patience  # (1-based last new cycle) + patience
+        assert adaptive.captions[r] == fixed.captions[r][: adaptive.cycles_run(r)]  # a prefix
+    if round_size == 1:  # exact: every row stops right at its patience
+        assert [adaptive.cycles_run(r) for r in range(rows)] == [r + 2 + patience for r in range(rows)]
+    sampled = sum(len(active) * cycles for active, _, cycles in calls)
+    assert sampled < rows * MAX_CYCLES / 2  # the point: far fewer caption cycles decoded
+    assert [first for _, first, _ in calls] == list(range(0, round_size * len(calls), round_size))
+
+
+def test_deadline_keeps_the_names_found_so_far() -> None:
+    now = [0.0]
+    row_image = [0, 0, 1]  # rows 0, 1 belong to image 0; row 2 to image 1
+    should_stop, expire = deadline_clock(row_image, [2.5, None], clock=lambda: now[0])
+    calls: list = []
+
+    def sample_round(active, first, cycles):  # each decoder "step" costs 0.4 s; a round has 3 steps
+        calls.append(list(active))
+        for _ in range(3):
+            if should_stop():
+                return None
+            now[0] += 0.4
+        return [[pool_caption(r + 3, first)] for r in active]
+
+    tracker = run_rounds(CycleTracker(3, 6, patience=0), 1, sample_round, split_nouns, expire)
+    assert tracker.expired == [True, True, False]
+    assert tracker.cycles_run(0) == tracker.cycles_run(1) == 2  # rounds ended at 1.2 s and 2.4 s
+    assert tracker.nouns[0]  # names found before the deadline are kept
+    assert tracker.cycles_run(2) == 6  # the image without a deadline runs every cycle
+    assert calls[2] == [0, 1, 2] and calls[3] == [2]  # the third round stopped, re-ran without image 0
+
+
+def test_row_uniforms_skip_earlier_cycles() -> None:
+    whole = row_uniforms([7, 9], 5, 4)
+    torch.testing.assert_close(
+        row_uniforms([7, 9], 2, 4, first_cycle=3).view(2, 2, 4), whole.view(2, 5, 4)[:, 3:]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg() -> SelfSegConfig:
+    return SelfSegConfig.from_preset("ade20k").with_overrides(
+        {"weights": "random-tiny", "device": "cpu", "batch_size": 2, "caption.cycles": 4}
+    )
+
+
+def _kept_by_patience(captions: list[str], nouns: list[str], patience: int) -> int:
+    """Greedy decoding repeats one caption every cycle: 1 new cycle (if it has nouns) + patience."""
+    return min(4, (1 if nouns else 0) + patience)
+
+
+def test_fast_engine_adaptive_captions_are_a_prefix_of_the_fixed_run(tiny_cfg) -> None:
+    images = structured_images(2, seed=4)
+    fixed = FastEngine(tiny_cfg).describe(images)
+    adaptive_cfg = tiny_cfg.with_overrides({"caption.adaptive_patience": 1, "caption.adaptive_round": 2})
+    adaptive = FastEngine(adaptive_cfg).describe(images)
+    for f, a in zip(fixed, adaptive):
+        assert f.cluster_grid == a.cluster_grid and not a.degraded
+        for cid, caps in a.captions.items():
+            assert 1 <= len(caps) <= 4 and caps == f.captions[cid][: len(caps)]  # same draws per cycle
+            assert set(a.cluster_nouns[cid]) <= set(f.cluster_nouns[cid])
+    greedy = tiny_cfg.with_overrides({"caption.do_sample": False, "caption.adaptive_patience": 1})
+    for result in FastEngine(greedy).describe(images[:1]):  # every cycle repeats the first
+        for cid, caps in result.captions.items():
+            assert len(caps) == _kept_by_patience(caps, result.cluster_nouns[cid], 1)
+
+
+def test_reference_engine_applies_the_same_rule(tiny_cfg) -> None:
+    cfg = tiny_cfg.with_overrides(
+        {"engine": "reference", "caption.do_sample": False, "caption.adaptive_patience": 2}
+    )
+    result = ReferenceEngine(cfg).describe(structured_images(1, seed=5))[0]
+    for cid, caps in result.captions.items():
+        assert len(caps) == _kept_by_patience(caps, result.cluster_nouns[cid], 2) and len(set(caps)) == 1
+
+
+def test_deadline_through_the_pipeline(tiny_cfg) -> None:
+    pipe = SelfSegPipeline(tiny_cfg)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    late = pipe.describe(image, deadline_ms=1e-3)  # already past when captioning starts
+    assert late.degraded and late.nouns == [] and all(not caps for caps in late.captions.values())
+    in_time = pipe.describe(image, deadline_ms=600_000)
+    assert not in_time.degraded and in_time.nouns == pipe.describe(image).nouns
+    with pytest.raises(SelfSegError, match="deadline_ms"):
+        with_deadline([], 0)
