@@ -112,6 +112,7 @@ def test_offline_mode_reads_the_hugging_face_cache(monkeypatch, tmp_path):
 
 def test_https_downloads_are_cached_by_url_not_by_file_name(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     served = {
         "https://a.example/xdecoder_focalt_last.pt": 1.0,
         "https://b.example/xdecoder_focalt_last.pt": 2.0,

@@ -21,12 +21,12 @@ import asyncio
 import json
 import os
 import random
-import socket
 import threading
 from pathlib import Path
 
 from selfseg_fast.errors import SelfSegError, WeightsError
 from selfseg_fast.evaluation.love import LLMMapper, NounMapper, WordNetNounMapper
+from selfseg_fast.hub import hub_reachable, looks_like_path
 
 DEFAULT_HF_LLM = "meta-llama/Llama-2-7b-chat-hf"
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -100,26 +100,14 @@ class HFCausalLM:
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the hub, so an offline user gets the error at once."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _load_hf(model_id: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    is_folder = model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
+    is_folder = looks_like_path(model_id)
     attempts = [{"local_files_only": not is_folder}]
-    if not is_folder and _hub_reachable():
+    if not is_folder and hub_reachable():
         attempts.append({})
     reason = "not in the local Hugging Face cache and the hub is unreachable (offline)"
     if is_folder and not Path(model_id).expanduser().is_dir():

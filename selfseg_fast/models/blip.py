@@ -15,8 +15,6 @@ special-token handling and the noun stage behave as with the real tokenizer.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from transformers import AutoTokenizer, BertTokenizerFast, BlipConfig, BlipForCo
 
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.errors import WeightsError
+from selfseg_fast.hub import hub_reachable, looks_like_path
 from selfseg_fast.models.vocab import synthetic_blip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -90,25 +89,9 @@ def _missing_weights_error(source: str, reason: str) -> WeightsError:
     )
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline user gets the error at once instead of after HF's retries."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_pretrained(source: str) -> tuple[BlipForConditionalGeneration, object]:
     """Model + tokenizer from a local folder (save_pretrained layout) or a hub id (cache, then network)."""
-    if _looks_like_path(source):
+    if looks_like_path(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise _missing_weights_error(source, "no such folder")
@@ -117,7 +100,7 @@ def load_pretrained(source: str) -> tuple[BlipForConditionalGeneration, object]:
         attempts = [{"pretrained_model_name_or_path": str(folder)}]
     else:
         attempts = [{"pretrained_model_name_or_path": source, "local_files_only": True}]
-        if _hub_reachable():
+        if hub_reachable():
             attempts.append({"pretrained_model_name_or_path": source})
     reason = "not in the local Hugging Face cache and the hub is unreachable"
     for kwargs in attempts:

@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from selfseg_fast.errors import WeightsError
+from selfseg_fast.hub import hub_reachable, offline_by_env
 from selfseg_fast.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -173,14 +174,11 @@ def fetch_checkpoint(
     return path
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _hub_download(hub: HubFile, cache_dir: str | Path | None) -> Path:
     import huggingface_hub
 
     label = f"{hub.repo_id}/{hub.filename}" + (f"@{hub.revision}" if hub.revision else "")
+    local_only = not hub_reachable()  # offline: the cache at once, not minutes of retries
     try:
         return Path(
             huggingface_hub.hf_hub_download(
@@ -188,16 +186,16 @@ def _hub_download(hub: HubFile, cache_dir: str | Path | None) -> Path:
                 hub.filename,
                 revision=hub.revision,
                 cache_dir=str(cache_dir) if cache_dir else None,
-                local_files_only=_offline(),
+                local_files_only=local_only,
             )
         )
     except Exception as exc:
-        raise WeightsError(_hub_failure(exc, hub), path=label) from exc
+        raise WeightsError(_hub_failure(exc, hub, local_only), path=label) from exc
 
 
-def _hub_failure(exc: Exception, hub: HubFile) -> str:
+def _hub_failure(exc: Exception, hub: HubFile, local_only: bool) -> str:
     kind = type(exc).__name__
-    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or _offline():
+    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or local_only:
         return (
             "not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1 or no network); "
             "download it where there is network (huggingface-cli download "
@@ -230,9 +228,11 @@ def _url_download(url: str, cache_dir: str | Path | None) -> Path:
     target = url_cache_path(url, cache_dir)
     if target.is_file():
         return target
-    if _offline():
+    if offline_by_env():
         raise WeightsError(
-            "not downloaded yet and HF_HUB_OFFLINE=1; download it and pass the local path", path=url
+            "not downloaded yet and downloads are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE); "
+            "download it and pass the local path",
+            path=url,
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -23,6 +23,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from selfseg_fast.errors import WeightsError
+from selfseg_fast.hub import hub_reachable
 
 CLIP_TOKENIZER_ID = "openai/clip-vit-base-patch32"
 CONTEXT_LENGTH = 77
@@ -94,8 +95,8 @@ def load_clip_tokenizer(source: str | None = None) -> CLIPTokenizer:
             "(pip install --no-deps open_clip_torch: it ships the BPE file) or pass a folder "
             "with vocab.json and merges.txt"
         )
-        try:
-            tok = CLIPTokenizer.from_pretrained(source)
+        try:  # offline: the HF cache only, at once (no minutes of retries)
+            tok = CLIPTokenizer.from_pretrained(source, local_files_only=not hub_reachable())
         except (OSError, ValueError, TypeError) as exc:  # offline HF raises any of these
             raise error from exc
         if len(tok) < len(byte_symbols()):  # transformers 5.x returns an empty tokenizer instead
