@@ -258,16 +258,23 @@ class SelfSegPipeline:
         if todo:
             seg = self.segmenter
             for i in todo:
-                needs = groupers[i] is not None and groupers[i].needs_scores
-                seg.check_request(
-                    *images[i].rgb.shape[:2], len(class_names[i]), what=images[i].path, mask_scores=needs
-                )
+                extra = {"mask_scores": True} if groupers[i] is not None and groupers[i].needs_scores else {}
+                seg.check_request(*images[i].rgb.shape[:2], len(class_names[i]), what=images[i].path, **extra)
             if self.plan.engine == "fast":  # one image-branch pass per padded size, then names
                 for i, branch in zip(todo, seg.image_branch([images[i].rgb for i in todo])):
-                    out[i] = seg.label_map_grouped(branch, class_names[i], groupers[i])
+                    if groupers[i] is None:  # off: the paper's path, untouched
+                        out[i] = (seg.label_map(branch, class_names[i]), Grouping.identity(class_names[i]))
+                    else:
+                        out[i] = seg.label_map_grouped(branch, class_names[i], groupers[i])
             else:
                 for i in todo:
-                    out[i] = seg.segment_grouped(images[i].rgb, class_names[i], groupers[i])
+                    if groupers[i] is None:
+                        out[i] = (
+                            seg.segment(images[i].rgb, class_names[i]),
+                            Grouping.identity(class_names[i]),
+                        )
+                    else:
+                        out[i] = seg.segment_grouped(images[i].rgb, class_names[i], groupers[i])
         return out
 
     def _run(self, images: list[LoadedImage]) -> list[Segmentation]:
@@ -286,20 +293,22 @@ class SelfSegPipeline:
             names = list(result.nouns)[: seg.sc.max_names]
             branch = feeder.take(i)
             grouper = self._grouper(images[i], result.cluster_nouns)
-            pending.append((result, names, grouper, seg.finish(branch, names, grouper) if names else None))
+            finish = (lambda b, n, g=grouper: seg.finish(b, n, g)) if grouper is not None else seg.finish
+            pending.append((result, names, grouper, finish(branch, names) if names else None))
         out = []
         for image, (result, names, grouper, segmented) in zip(images, pending):
-            grouping = _empty_grouping(grouper)
+            grouping = _empty_grouping(grouper) if grouper is not None else None
             if segmented is None:  # nothing was named: every pixel is unlabelled
                 label_map, seconds = np.full(image.rgb.shape[:2], -1, dtype=np.int64), 0.0
             else:
                 done = segmented.result()
-                label_map, seconds, grouping = done.label_map, done.seconds, done.grouping
+                label_map, seconds = done.label_map, done.seconds
+                grouping = done.grouping if grouper is not None else None
             timer = StageTimer(sync=True)
             with timer("segment"):
                 label_map, names = self._resegment(image, label_map, _names_of(names, grouping))
             result.stage_seconds["segment"] = round(seconds + timer.as_dict().get("segment", 0.0), 6)
-            out.append(Segmentation(result, names, label_map, grouping if grouper is not None else None))
+            out.append(Segmentation(result, names, label_map, grouping))
         return out
 
     def _resegment(self, image: LoadedImage, label_map: np.ndarray, names: list[str]):

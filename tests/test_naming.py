@@ -411,3 +411,38 @@ def test_bench_reports_names_and_miou_without_and_with_consolidation(tmp_path, m
     assert merges > 0 and with_ == pytest.approx(without - merges) and miou == miou_merged  # route -> road
     summary = json.loads((tmp_path / "b" / "consolidated" / "results.json").read_text())["summary"]
     assert summary["merges_per_image"] == merges
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_api_run_audits_on_both_engines(tiny_pipe, engine):
+    """`run` (describe stubbed, the real random-tiny segmenter): kept nouns / taxonomy labels, audit."""
+    from selfseg_fast.pipeline import SelfSegPipeline
+    from selfseg_fast.records import ImageResult
+
+    class Engine:
+        batch_size = 2
+
+        def describe(self, images):
+            return list(self.describe_stream(images))
+
+        def describe_stream(self, images):
+            for image in images:
+                nouns = {0: ["sofa", "sedan"], 1: ["couch"]}
+                yield ImageResult(image.path, [[0]], {}, nouns, ["sofa", "sedan", "couch"], {})
+
+    pipe = SelfSegPipeline(tiny_pipe.cfg.with_overrides({"engine": engine}))
+    pipe._engine = Engine()
+    pipe._segmenter = tiny_pipe.segmenter.__class__(
+        tiny_pipe.segmenter.model, tiny_pipe.segmenter.sc, pipe.plan
+    )
+    rgb = np.random.default_rng(1).integers(0, 255, (30, 44, 3), dtype=np.uint8)
+    plain = pipe.run(rgb)
+    assert plain.class_names == ["sofa", "sedan", "couch"] and plain.grouping is None and plain.audit() == {}
+    merged = pipe.run([rgb], consolidate="specific")[0]
+    assert merged.class_names == ["sofa", "sedan"] and [m.merged for m in merged.merges] == ["couch"]
+    apart = pipe.run(rgb, consolidate={"mode": "specific", "same_cluster_only": True})
+    assert apart.merges == []  # sofa and couch came from different clusters
+    labelled = pipe.run(rgb, consolidate="specific", taxonomy="voc")
+    assert labelled.class_names == [*load_vocabulary("voc").names, OTHER]
+    assert labelled.audit()["taxonomy"]["mapping"] == {"sofa": "sofa", "sedan": "car", "couch": "sofa"}
+    assert {labelled.class_names[i] for i in np.unique(labelled.label_map)} <= {"sofa", "car"}
