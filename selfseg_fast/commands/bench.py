@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from selfseg_fast.commands.options import (
     add_segmenter_options,
     config_from_args,
 )
+from selfseg_fast.config import ConsolidateConfig, TaxonomyConfig
 from selfseg_fast.errors import EXIT_OK, EXIT_SOME_FAILED, SelfSegError
 from selfseg_fast.profiling import maybe_profile, write_stage_table
 
@@ -291,6 +293,9 @@ def run_about(cfg, mode: str, dataset) -> dict:
     when scoring, from the files on disk."""
     config = cfg.to_dict()
     config.pop("batch_size", None)
+    for section, default in (("consolidate", ConsolidateConfig()), ("taxonomy", TaxonomyConfig())):
+        if config.get(section) == dataclasses.asdict(default):  # off: keys of earlier runs still match
+            config.pop(section)
     return {"config": config, "mode": mode, "dataset": dataset.name, "classes": list(dataset.class_names)}
 
 

@@ -191,8 +191,9 @@ class XDecoderSegmenter:
             out = 4 * (height * ph // 4 + width * pw // 4) + 2 * TILE_BYTES + 12 * pixels
         else:  # resized masks (twice), scores, int64 label map
             out = (4 * (2 * q + n_names) + 8) * pixels
-        if mask_scores:  # the overlap rule: masks' sigmoid and 2 x K score maps at the mask resolution
-            out += 4 * (q + 2 * n_names) * (ph // 4) * (pw // 4)
+        if mask_scores:  # the overlap rule at the mask resolution: the masks' sigmoid, the [K, h, w]
+            # score maps, their grouped and working copies and one containment row's minimum
+            out += 4 * (q + 4 * n_names) * (ph // 4) * (pw // 4)
         return model + out
 
     def check_request(
