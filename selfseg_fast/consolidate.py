@@ -220,29 +220,30 @@ def plan_overlap_merges(scores: torch.Tensor, names: list[str], threshold: float
     """Greedy merges of the most-overlapping pairs above `threshold`; the larger-mass name is kept.
 
     Containment is recomputed after every merge on the merged maps (only the kept name's row and
-    column change), so chains merge correctly."""
+    column change), so chains merge correctly. The maps are merged in place (no copy per merge)."""
     merges: list[Merge] = []
-    current = list(names)
-    maps = scores.float().clone()
-    if len(current) < 2:
+    k = len(names)
+    if k < 2:
         return merges
-    contain = soft_containment(maps)
-    while len(current) > 1:
-        masked = contain.clone().fill_diagonal_(-1.0)
-        value, flat_index = masked.flatten().max(0)
+    maps = scores.float().flatten(1).clone()  # [K, H*W]
+    mass = maps.sum(1)
+    alive = torch.ones(k, dtype=torch.bool)
+    contain = soft_containment(maps).fill_diagonal_(-1.0)
+    while int(alive.sum()) > 1:
+        value, flat_index = contain.flatten().max(0)
         if float(value) <= threshold:
             break
-        a, b = divmod(int(flat_index), len(current))
-        mass = maps.flatten(1).sum(1)
+        a, b = divmod(int(flat_index), k)
         keep, drop = (a, b) if (float(mass[a]), -a) >= (float(mass[b]), -b) else (b, a)
-        merges.append(Merge(current[keep], current[drop], "overlap", float(value)))
+        merges.append(Merge(names[keep], names[drop], "overlap", float(value)))
         maps[keep] += maps[drop]
-        keep_rows = [i for i in range(len(current)) if i != drop]
-        maps, current = maps[keep_rows], [current[i] for i in keep_rows]
-        contain = contain[keep_rows][:, keep_rows]
-        k = keep_rows.index(keep)
-        row = soft_containment(maps, [k])[0]
-        contain[k], contain[:, k] = row, row  # containment is symmetric
+        mass[keep] += mass[drop]
+        alive[drop] = False
+        contain[drop, :], contain[:, drop] = -1.0, -1.0
+        row = torch.minimum(maps[keep], maps).sum(1) / torch.minimum(mass[keep], mass).clamp_min(1e-12)
+        row = torch.where(alive, row, torch.full_like(row, -1.0))
+        row[keep] = -1.0
+        contain[keep], contain[:, keep] = row, row  # containment is symmetric
     return merges
 
 
