@@ -9,7 +9,13 @@
 
 Response (200): {"names": [...], "shares": {name: pixel share}, "captions": {...}, "mask_png_base64":
 "<label PNG: palette PNG, pixel value = index into names, 255 = unlabelled; 16-bit with 65535 =
-unlabelled above 255 names>"}. Every refusal is JSON {"detail": "<one line>"}:
+unlabelled above 255 names>"}. Query parameters (off by default; `--consolidate`/`--taxonomy` set the
+server's defaults): `consolidate=specific|general|off`, `consolidate_overlap=0.6`,
+`same_cluster_only=true`, `taxonomy=cityscapes|ade20k|voc`; the answer then also has "merges"
+([{kept, merged, rule, score}]) and "taxonomy" ({name, labels, other_id, mapping}), and "names" are
+the kept nouns or the taxonomy's labels (stable ids, `other` last):
+    curl -s --data-binary @photo.jpg "http://127.0.0.1:8000/segment?consolidate=specific&taxonomy=voc"
+Every refusal is JSON {"detail": "<one line>"}:
   400 empty body, malformed multipart, unreadable image   408 body not received within --body-timeout
   413 body over --max-body-mb (checked on Content-Length before reading, then while streaming), image
       over the pixel limit, or any request the pipeline refuses as over budget (ResourceError)
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import threading
@@ -38,9 +45,11 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from selfseg_fast.config import TAXONOMY_BUILTINS
 from selfseg_fast.errors import ImageError, ResourceError, SelfSegError
 from selfseg_fast.images import ImageTooLargeError, load_image_bytes
 from selfseg_fast.label_maps import label_png_bytes, pixel_shares
+from selfseg_fast.pipeline import naming_overrides
 from selfseg_fast.serving import SelfSegService, ServiceBusy, ServiceConfig
 
 log = logging.getLogger("selfseg_fast.http")
@@ -160,8 +169,11 @@ async def _segment(request: Request, holder: ServiceHolder, limits: HttpLimits, 
     body = await read_body(request, limits)
     loop = asyncio.get_running_loop()
     content_type = request.headers.get("content-type", "")
+    naming = request_naming(request.query_params, service)  # before decoding: a bad value is a 400
     image = await loop.run_in_executor(workers, decode_upload, body, content_type, service)
     del body
+    if naming:
+        image = dataclasses.replace(image, naming=naming)
     work = asyncio.ensure_future(service.asegment(image))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
@@ -219,6 +231,43 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
             400, "empty request body: POST the image file's bytes, or a multipart upload (-F file=@x)"
         )
     return body
+
+
+NAMING_PARAMS = ("consolidate", "consolidate_overlap", "same_cluster_only", "taxonomy")
+
+
+def request_naming(params, service: SelfSegService) -> tuple:
+    """?consolidate=specific|general|off&consolidate_overlap=0.6&same_cluster_only=true&taxonomy=voc
+    -> the request's config overrides (selfseg_fast.pipeline.naming_overrides); 400 on a bad value.
+    A taxonomy is a built-in name here (a client never names a file on the server: start the server
+    with --taxonomy FILE for that)."""
+    if not any(key in params for key in NAMING_PARAMS):
+        return ()
+    consolidate: dict = {}
+    if "consolidate" in params:
+        consolidate["mode"] = params["consolidate"]
+    try:
+        if "consolidate_overlap" in params:
+            consolidate["overlap_threshold"] = float(params["consolidate_overlap"])
+    except ValueError:
+        value = params["consolidate_overlap"]
+        raise Refused(400, f"consolidate_overlap={value!r}: expected a number in (0, 1]") from None
+    if "same_cluster_only" in params:
+        flag = params["same_cluster_only"].lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise Refused(400, f"same_cluster_only={flag!r}: expected true or false")
+        consolidate["same_cluster_only"] = flag in ("true", "1")
+    taxonomy = params.get("taxonomy")
+    if taxonomy is not None and taxonomy not in TAXONOMY_BUILTINS:
+        raise Refused(400, f"taxonomy={taxonomy!r}: use one of {', '.join(TAXONOMY_BUILTINS)}")
+    try:
+        naming = naming_overrides(consolidate or None, taxonomy)
+        planner = getattr(service.pipeline, "planner", None)
+        if planner is not None:
+            planner(naming)  # validates the values (one line) and loads the label set once
+    except SelfSegError as exc:
+        raise Refused(400, str(exc)) from exc
+    return naming
 
 
 def decode_upload(body: bytes, content_type: str, service: SelfSegService):
@@ -311,6 +360,8 @@ def render_response(result) -> bytes:
             label_png_bytes(result.label_map, len(result.class_names))
         ).decode(),
     }
+    if hasattr(result, "audit"):  # "merges" / "taxonomy" when consolidation / a taxonomy is on
+        payload.update(result.audit())
     return json.dumps(payload).encode()
 
 
@@ -335,7 +386,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from selfseg_fast.commands.options import add_config_options, add_segmenter_options, config_from_args
+    from selfseg_fast.commands.options import (
+        add_config_options,
+        add_naming_options,
+        add_segmenter_options,
+        config_from_args,
+    )
     from selfseg_fast.console import configure
 
     parser = argparse.ArgumentParser(
@@ -349,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-pixels", type=int, default=50_000_000, help="per image; more get 413")
     parser.add_argument("--max-body-mb", type=float, default=32.0, help="upload size; more get 413")
     parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds for the whole body")
+    add_naming_options(parser)  # server-wide defaults; a request may override them (query parameters)
     add_segmenter_options(parser)
     add_config_options(parser)
     args = parser.parse_args(argv)

@@ -12,12 +12,20 @@ from selfseg_fast.config import PRESETS, SelfSegConfig
 from selfseg_fast.errors import SelfSegError
 
 if TYPE_CHECKING:
-    from selfseg_fast.pipeline import Segmentation, SelfSegPipeline
+    from selfseg_fast.pipeline import NamedMap, Segmentation, SelfSegPipeline
 
-__all__ = ["PRESETS", "SelfSegConfig", "SelfSegError", "SelfSegPipeline", "Segmentation", "__version__"]
+__all__ = [
+    "PRESETS",
+    "NamedMap",
+    "SelfSegConfig",
+    "SelfSegError",
+    "SelfSegPipeline",
+    "Segmentation",
+    "__version__",
+]
 __version__ = "0.1.0"
 
-_LAZY = {"SelfSegPipeline", "Segmentation"}  # import torch and the models only when asked for
+_LAZY = {"SelfSegPipeline", "Segmentation", "NamedMap"}  # import torch and the models only when asked for
 
 
 def __getattr__(name: str) -> Any:

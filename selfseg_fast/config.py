@@ -166,6 +166,58 @@ class SegmenterConfig:
 
 
 @dataclass
+class ConsolidateConfig:
+    """Competing-noun consolidation (not in the paper: off by default; selfseg_fast/consolidate.py).
+
+    `mode` turns on the WordNet rule with its policy: "specific" keeps the hyponym (hawk over bird),
+    "general" the hypernym; synonyms merge in both. `overlap_threshold` turns on the mask-overlap rule
+    (soft containment of two names' score maps above it; None: off)."""
+
+    mode: Literal["off", "specific", "general"] = "off"
+    max_distance: PositiveInt = 2  # hypernym steps between the two senses
+    max_senses: PositiveInt = 2  # only a word's most frequent noun senses count (WordNet orders them)
+    same_cluster_only: bool = False  # only nouns found in a common BCC cluster merge
+    overlap_threshold: NonZeroProbability | None = None
+
+    @property
+    def wordnet(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def policy(self) -> Literal["specific", "general"]:
+        return "general" if self.mode == "general" else "specific"
+
+    @property
+    def overlap(self) -> bool:
+        return self.overlap_threshold is not None
+
+    @property
+    def active(self) -> bool:
+        return self.wordnet or self.overlap
+
+
+@dataclass
+class TaxonomyConfig:
+    """Your own label set at inference time (not in the paper: off by default; selfseg_fast/taxonomy.py):
+    free nouns mapped onto `labels` with a LOVE mapper, their score maps summed per label, the rest
+    `other`; label ids are stable (the taxonomy's order, `other` last)."""
+
+    labels: str | None = None  # "cityscapes" | "ade20k" | "voc" | a JSON file; None: free nouns
+    # LOVE back-end, as `bench --llm`: None/"wordnet" (offline WordNet), "hf", "hf:ID_OR_FOLDER", or an
+    # OpenAI-compatible server's http(s):// address (`llm_model` names its model).
+    llm: str | None = None
+    llm_model: str | None = None
+    cache: str | None = None  # LOVE cache file; None: the default one under the cache root
+    # "sum": argmax of the per-label summed score maps (exact merge); "relabel": the free-noun label
+    # map relabelled with the mapping table (what `bench` scores)
+    merge: Literal["sum", "relabel"] = "sum"
+
+    @property
+    def active(self) -> bool:
+        return self.labels is not None
+
+
+@dataclass
 class SelfSegConfig:
     """The whole pipeline's configuration. Defaults are the paper's (VOC preset)."""
 
@@ -189,6 +241,8 @@ class SelfSegConfig:
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     nouns: NounConfig = field(default_factory=NounConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
 
     # ---- presets -----------------------------------------------------------------------------
     @classmethod
@@ -369,12 +423,43 @@ def pipeline_problems(cfg: SelfSegConfig) -> list[str]:
     """What the whole pipeline needs beyond a valid config (a stage used alone, e.g. the encoder in a
     test or a benchmark, may run other resolutions): the captioner reads the largest resolution's
     patches through the cluster grid, so the two must have the same size."""
+    problems = naming_problems(cfg)
     if cfg.encoder.resolutions and max(cfg.encoder.resolutions) != cfg.cluster.output_grid * BLIP_PATCH_SIZE:
-        return [
+        problems.append(
             f"encoder.resolutions = {list(cfg.encoder.resolutions)}: the largest must be cluster.output_grid "
             f"({cfg.cluster.output_grid}) x {BLIP_PATCH_SIZE} px, the grid the captioner reads"
-        ]
-    return []
+        )
+    return problems
+
+
+TAXONOMY_BUILTINS = ("cityscapes", "ade20k", "voc")
+
+
+def naming_problems(cfg: SelfSegConfig) -> list[str]:
+    """The consolidate/taxonomy sections' cross-field rules and the taxonomy file's existence (checked
+    before any model loads; the file's content is checked when the pipeline is built)."""
+    problems = []
+    tx = cfg.taxonomy
+    if (
+        tx.labels is not None
+        and tx.labels not in TAXONOMY_BUILTINS
+        and not Path(tx.labels).expanduser().is_file()
+    ):
+        problems.append(
+            f"taxonomy.labels = {tx.labels!r}: not a built-in ({', '.join(TAXONOMY_BUILTINS)}) and no such "
+            "file; give one of those or a JSON file of label names"
+        )
+    llm = tx.llm
+    if llm is not None and not (llm in ("wordnet", "hf") or llm.startswith(("hf:", "http://", "https://"))):
+        problems.append(
+            f"taxonomy.llm = {llm!r}: use wordnet, hf, hf:MODEL_ID_OR_FOLDER or an http(s):// address"
+        )
+    if tx.labels is not None and cfg.segmenter.resegment:
+        problems.append(
+            "taxonomy.labels with segmenter.resegment: maskblip's re-segmentation works on free nouns; "
+            "turn one of them off"
+        )
+    return problems
 
 
 _DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps|xpu|meta)(:\d+)?")

@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import torch
 
+from selfseg_fast.config import ConsolidateConfig
+
 # Ancestors too general to merge into (besides everything in the noun.Tops lexicographer file).
 GENERAL_SYNSETS = frozenset(
     {
@@ -57,19 +59,6 @@ GENERAL_SYNSETS = frozenset(
         "unit.n.03",
     }
 )
-
-
-@dataclass
-class ConsolidateConfig:
-    """Competing-noun consolidation (off by default: the paper segments every noun as its own class)."""
-
-    wordnet: bool = False  # rule 1: WordNet synonyms / hypernyms
-    policy: Literal["specific", "general"] = "specific"
-    max_distance: int = 2  # hypernym steps between the two senses
-    max_senses: int = 2  # only a word's most frequent noun senses count (WordNet orders them)
-    same_cluster_only: bool = False  # only nouns found in a common BCC cluster
-    overlap: bool = False  # rule 2: merge names whose score maps overlap (after segmentation)
-    overlap_threshold: float = 0.6  # soft containment above which two names merge
 
 
 @dataclass(frozen=True)
@@ -213,34 +202,48 @@ def _final(noun: str, target: dict[str, tuple[str, Any]]) -> str:
 
 
 # ---- rule 2: mask overlap ------------------------------------------------------------------------------
-def soft_containment(scores: torch.Tensor) -> torch.Tensor:
-    """[K, H, W] non-negative score maps -> [K, K]: sum(min(p_a, p_b)) / min(sum p_a, sum p_b)."""
+def soft_containment(scores: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+    """[K, H, W] non-negative score maps -> [K, K] (or [len(rows), K]):
+    sum(min(p_a, p_b)) / min(sum p_a, sum p_b). One row at a time: memory K x H x W, not K^2 x H x W."""
     flat = scores.flatten(1).float()
     mass = flat.sum(1)
-    overlap = torch.minimum(flat[:, None, :], flat[None, :, :]).sum(-1)  # [K, K]
-    return overlap / torch.minimum(mass[:, None], mass[None, :]).clamp_min(1e-12)
+    rows = list(range(flat.shape[0])) if rows is None else rows
+    overlap = (
+        torch.stack([torch.minimum(flat[a], flat).sum(1) for a in rows])
+        if rows
+        else flat.new_zeros(0, len(mass))
+    )
+    return overlap / torch.minimum(mass[rows, None], mass[None, :]).clamp_min(1e-12)
 
 
 def plan_overlap_merges(scores: torch.Tensor, names: list[str], threshold: float) -> list[Merge]:
     """Greedy merges of the most-overlapping pairs above `threshold`; the larger-mass name is kept.
 
-    Containment is recomputed after every merge on the merged maps, so chains merge correctly.
-    """
+    Containment is recomputed after every merge on the merged maps (only the kept name's row and
+    column change), so chains merge correctly. The maps are merged in place (no copy per merge)."""
     merges: list[Merge] = []
-    current = list(names)
-    maps = scores.float().clone()
-    while len(current) > 1:
-        contain = soft_containment(maps).fill_diagonal_(-1.0)
+    k = len(names)
+    if k < 2:
+        return merges
+    maps = scores.float().flatten(1).clone()  # [K, H*W]
+    mass = maps.sum(1)
+    alive = torch.ones(k, dtype=torch.bool)
+    contain = soft_containment(maps).fill_diagonal_(-1.0)
+    while int(alive.sum()) > 1:
         value, flat_index = contain.flatten().max(0)
         if float(value) <= threshold:
             break
-        a, b = divmod(int(flat_index), len(current))
-        mass = maps.flatten(1).sum(1)
+        a, b = divmod(int(flat_index), k)
         keep, drop = (a, b) if (float(mass[a]), -a) >= (float(mass[b]), -b) else (b, a)
-        merges.append(Merge(current[keep], current[drop], "overlap", float(value)))
+        merges.append(Merge(names[keep], names[drop], "overlap", float(value)))
         maps[keep] += maps[drop]
-        keep_rows = [i for i in range(len(current)) if i != drop]
-        maps, current = maps[keep_rows], [current[i] for i in keep_rows]
+        mass[keep] += mass[drop]
+        alive[drop] = False
+        contain[drop, :], contain[:, drop] = -1.0, -1.0
+        row = torch.minimum(maps[keep], maps).sum(1) / torch.minimum(mass[keep], mass).clamp_min(1e-12)
+        row = torch.where(alive, row, torch.full_like(row, -1.0))
+        row[keep] = -1.0
+        contain[keep], contain[:, keep] = row, row  # containment is symmetric
     return merges
 
 
@@ -249,7 +252,7 @@ def merge_score_maps(
     scores: torch.Tensor, names: list[str], merges: list[Merge]
 ) -> tuple[torch.Tensor, list[str]]:
     """Sum each merged name's score map into its kept name's: [K, H, W] -> [K', H, W], names [K']."""
-    kept_of = _resolve(names, merges)
+    kept_of = resolve_merges(names, merges)
     out_names = [n for n in names if kept_of[n] == n]
     index = {n: i for i, n in enumerate(out_names)}
     target = torch.tensor([index[kept_of[n]] for n in names], device=scores.device)
@@ -260,14 +263,15 @@ def merge_score_maps(
 
 def relabel(label_map: torch.Tensor, names: list[str], merges: list[Merge]) -> tuple[torch.Tensor, list[str]]:
     """A label map over `names` -> the same map over the kept names (for maps without scores)."""
-    kept_of = _resolve(names, merges)
+    kept_of = resolve_merges(names, merges)
     out_names = [n for n in names if kept_of[n] == n]
     index = {n: i for i, n in enumerate(out_names)}
     lut = torch.tensor([index[kept_of[n]] for n in names] + [-1], dtype=label_map.dtype)
     return lut[torch.where(label_map < 0, len(names), label_map)], out_names
 
 
-def _resolve(names: list[str], merges: list[Merge]) -> dict[str, str]:
+def resolve_merges(names: list[str], merges: list[Merge]) -> dict[str, str]:
+    """name -> the name finally kept (merges chain: puppy -> dog -> canine)."""
     direct = {m.merged: m.kept for m in merges}
     unknown = sorted({m.merged for m in merges} - set(names))
     if unknown:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -56,6 +56,9 @@ class LoadedImage:
     # A request's deadline (time.monotonic() seconds) for its caption cycles; None: no deadline. Past
     # it, the image keeps the names found so far and its result says `degraded` (stages/adaptive.py).
     deadline: float | None = None
+    # A request's own consolidate/taxonomy settings (config overrides, e.g. (("consolidate.mode",
+    # "specific"),)); empty: the pipeline's config (selfseg_fast/naming.py).
+    naming: tuple[tuple[str, Any], ...] = ()
 
 
 def display_path(path: str | os.PathLike) -> str:

@@ -18,6 +18,7 @@ def outcome_record(outcome: ImageOutcome, pictures: bool = False) -> dict:
     record = outcome.description.to_json()
     record["names"] = outcome.names
     record["shares"] = pixel_shares(outcome.label_map, outcome.names)
+    record.update(outcome.audit)  # "merges" / "taxonomy" when consolidation / a taxonomy is on
     record["label_png"] = label_png_bytes(outcome.label_map, len(outcome.names))
     if pictures:
         from selfseg_fast.visualize import cluster_picture, overlay

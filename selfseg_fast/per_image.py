@@ -39,6 +39,7 @@ class ImageOutcome:
     label_map: np.ndarray | None = None  # [H, W] int64, index into names, -1 unlabelled
     description: ImageResult | None = None  # self-guided runs only
     error: str | None = None  # one line naming the file
+    audit: dict = field(default_factory=dict)  # consolidation merges / taxonomy (empty when off)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,12 @@ def _settle_map(outcome: ImageOutcome, result, names: list[str]) -> None:
     if isinstance(result, Failure):
         outcome.error = error_line(result.error, outcome.path)
         outcome.image = None
+    elif hasattr(result, "class_names"):  # consolidation or a taxonomy renamed the classes
+        outcome.names, outcome.label_map, outcome.audit = (
+            list(result.class_names),
+            result.label_map,
+            result.audit(),
+        )
     else:
         outcome.names, outcome.label_map = names, result
 
@@ -117,7 +124,10 @@ def _segment_own_nouns(pipeline, outcome: ImageOutcome, described) -> None:
         return
     start = time.perf_counter()
     try:
-        (label_map,) = pipeline.segment([outcome.image], [list(described.nouns)])
+        extra = (
+            {"cluster_nouns": [described.cluster_nouns]} if getattr(pipeline, "naming_active", False) else {}
+        )
+        (label_map,) = pipeline.segment([outcome.image], [list(described.nouns)], **extra)
     except Exception as exc:
         _settle_map(outcome, Failure(exc), [])
         return

@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from selfseg_fast.config import SelfSegConfig
+from selfseg_fast.config import SelfSegConfig, naming_problems
 from selfseg_fast.engines.base import Engine, build_engine, resolve_device
 from selfseg_fast.errors import SelfSegError
+from selfseg_fast.grouping import Grouping
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.inputs import as_image, as_images, names_per_image
+from selfseg_fast.naming import NamePlanner
 from selfseg_fast.optional_deps import check_available
 from selfseg_fast.plan import resolve_plan
 from selfseg_fast.progress_hook import report
@@ -39,16 +41,43 @@ from selfseg_fast.timing import StageTimer
 
 @dataclass
 class Segmentation:
-    """Self-guided segmentation of one image: the BCC record plus a label map over its nouns."""
+    """Self-guided segmentation of one image: the BCC record plus a label map over its nouns (with
+    consolidation: the kept nouns; with a taxonomy: the taxonomy's labels, stable ids, `other` last)."""
 
     description: ImageResult
     class_names: list[str]
     label_map: np.ndarray  # [H, W] int64, index into class_names (-1: no names were found)
+    grouping: Grouping | None = None  # consolidation / taxonomy applied (None: off)
 
     @property
     def degraded(self) -> bool:
         """A deadline cut the caption cycles short: the names are those found in time."""
         return self.description.degraded
+
+    @property
+    def merges(self) -> list:
+        """The consolidation merges ({kept, merged, rule, score} via `audit()`); [] when off."""
+        return list(self.grouping.merges) if self.grouping is not None else []
+
+    def audit(self) -> dict:
+        """{"merges": [...], "taxonomy": {...}} for the JSON outputs; {} when both are off."""
+        return self.grouping.audit() if self.grouping is not None else {}
+
+
+@dataclass
+class NamedMap:
+    """`segment`'s result when consolidation or a taxonomy is on: the names of the map change."""
+
+    label_map: np.ndarray  # [H, W] int64, index into class_names (-1: unlabelled)
+    class_names: list[str]
+    grouping: Grouping
+
+    @property
+    def merges(self) -> list:
+        return list(self.grouping.merges)
+
+    def audit(self) -> dict:
+        return self.grouping.audit()
 
 
 class SelfSegPipeline:
@@ -64,6 +93,8 @@ class SelfSegPipeline:
         self._engine: Engine | None = None
         self._segmenter = None
         self._loading = threading.Lock()
+        self._planners: dict[tuple, NamePlanner | None] = {}
+        self.planner(())  # a bad taxonomy file fails here, before any model loads
 
     @classmethod
     def from_pretrained(
@@ -123,6 +154,26 @@ class SelfSegPipeline:
             _ = self.segmenter
         return self
 
+    # ---- consolidation and taxonomy (naming.py) ---------------------------------------------------
+    def planner(self, naming: tuple[tuple[str, Any], ...] = ()) -> NamePlanner | None:
+        """The NamePlanner of this config with a request's overrides (None: both features off)."""
+        if naming not in self._planners:
+            cfg = self.cfg.with_overrides(dict(naming)) if naming else self.cfg
+            if naming and (problems := naming_problems(cfg)):
+                raise SelfSegError("invalid request: " + "; ".join(problems))
+            planner = NamePlanner(cfg.consolidate, cfg.taxonomy)
+            self._planners[naming] = planner if planner.active else None
+        return self._planners[naming]
+
+    @property
+    def naming_active(self) -> bool:
+        """Consolidation or a taxonomy is on in the config (results carry their audit)."""
+        return self.planner(()) is not None
+
+    def _grouper(self, image: LoadedImage, cluster_nouns: dict | None):
+        planner = self.planner(image.naming)
+        return planner.for_image(cluster_nouns) if planner is not None else None
+
     # ---- public calls: any image input, one in -> one out, a list in -> a list out ----------------
     def describe(self, images: Any, *, deadline_ms: float | None = None) -> ImageResult | list[ImageResult]:
         """BLIP-Cluster-Caption + nouns for each image. `deadline_ms` (from now) bounds the caption
@@ -136,23 +187,49 @@ class SelfSegPipeline:
         return self.engine.describe_stream(as_image(image, f"image[{i}]") for i, image in enumerate(images))
 
     def segment(
-        self, images: Any, class_names: Sequence[str] | Sequence[Sequence[str]]
-    ) -> np.ndarray | list[np.ndarray]:
+        self,
+        images: Any,
+        class_names: Sequence[str] | Sequence[Sequence[str]],
+        *,
+        consolidate: str | dict | None = None,
+        taxonomy: str | dict | None = None,
+        cluster_nouns: Sequence[dict] | None = None,
+    ) -> np.ndarray | list[np.ndarray] | NamedMap | list[NamedMap]:
         """Open-vocabulary segmentation with given names -> [H, W] int64 label maps (index into the
-        names, -1 where no name was given). `class_names`: one list for all images, or one per image."""
+        names, -1 where no name was given). `class_names`: one list for all images, or one per image.
+        With consolidation or a taxonomy on (config, or `consolidate`/`taxonomy` here, as in `run`) the
+        names change, so each result is a `NamedMap` (label_map, class_names, merges, audit()).
+        `cluster_nouns`: per image {cluster id: nouns}, for consolidate.same_cluster_only."""
         loaded, single = as_images(images)
         try:
             names = names_per_image(class_names, len(loaded))
         except ValueError as exc:
             raise SelfSegError(str(exc)) from None
-        maps = self._segment(loaded, names)
-        return maps[0] if single else maps
+        loaded = with_naming(loaded, consolidate, taxonomy)
+        if not any(self.planner(image.naming) for image in loaded):
+            maps = self._segment(loaded, names)
+            return maps[0] if single else maps
+        clusters = list(cluster_nouns) if cluster_nouns is not None else [None] * len(loaded)
+        out = [
+            NamedMap(label_map, grouping.output_names, grouping)
+            for label_map, grouping in self._segment_grouped(loaded, names, clusters)
+        ]
+        return out[0] if single else out
 
-    def run(self, images: Any, *, deadline_ms: float | None = None) -> Segmentation | list[Segmentation]:
+    def run(
+        self,
+        images: Any,
+        *,
+        deadline_ms: float | None = None,
+        consolidate: str | dict | None = None,
+        taxonomy: str | dict | None = None,
+    ) -> Segmentation | list[Segmentation]:
         """The self-guided pipeline: describe, then segment each image with its own nouns
-        (`deadline_ms`: as in `describe`)."""
+        (`deadline_ms`: as in `describe`). `consolidate`: "off" | "specific" | "general" or a dict of
+        consolidate fields ({"mode": "specific", "overlap_threshold": 0.6}); `taxonomy`: "cityscapes" |
+        "ade20k" | "voc" | a JSON file, or a dict of taxonomy fields; None: the config's."""
         loaded, single = as_images(images)
-        results = self._run(with_deadline(loaded, deadline_ms))
+        results = self._run(with_deadline(with_naming(loaded, consolidate, taxonomy), deadline_ms))
         return results[0] if single else results
 
     # ---- the work, on loaded images ----------------------------------------------------------------
@@ -160,23 +237,45 @@ class SelfSegPipeline:
         return self.engine.describe(images)
 
     def _segment(self, images: list[LoadedImage], class_names: list[list[str]]) -> list[np.ndarray]:
-        """Every request is checked against the segmenter's limits before any work (ResourceError)."""
-        maps: list[np.ndarray | None] = [None] * len(images)
+        """Label maps over the names as given (no consolidation, no taxonomy)."""
+        return [m for m, _ in self._segment_grouped(images, class_names, [None] * len(images), plain=True)]
+
+    def _segment_grouped(
+        self,
+        images: list[LoadedImage],
+        class_names: list[list[str]],
+        cluster_nouns: list[dict | None],
+        plain: bool = False,
+    ) -> list[tuple[np.ndarray, Grouping]]:
+        """([H, W] label map, its grouping) per image; every request is checked against the
+        segmenter's limits before any work (ResourceError). `plain`: the names as given."""
+        out: list[tuple[np.ndarray, Grouping] | None] = [None] * len(images)
+        groupers = [None if plain else self._grouper(im, c) for im, c in zip(images, cluster_nouns)]
         todo = [i for i, names in enumerate(class_names) if names]
         for i, image in enumerate(images):
             if not class_names[i]:  # nothing was named: every pixel is unlabelled
-                maps[i] = np.full(image.rgb.shape[:2], -1, dtype=np.int64)
+                out[i] = (np.full(image.rgb.shape[:2], -1, dtype=np.int64), _empty_grouping(groupers[i]))
         if todo:
             seg = self.segmenter
             for i in todo:
-                seg.check_request(*images[i].rgb.shape[:2], len(class_names[i]), what=images[i].path)
+                extra = {"mask_scores": True} if groupers[i] is not None and groupers[i].needs_scores else {}
+                seg.check_request(*images[i].rgb.shape[:2], len(class_names[i]), what=images[i].path, **extra)
             if self.plan.engine == "fast":  # one image-branch pass per padded size, then names
                 for i, branch in zip(todo, seg.image_branch([images[i].rgb for i in todo])):
-                    maps[i] = seg.label_map(branch, class_names[i])
+                    if groupers[i] is None:  # off: the paper's path, untouched
+                        out[i] = (seg.label_map(branch, class_names[i]), Grouping.identity(class_names[i]))
+                    else:
+                        out[i] = seg.label_map_grouped(branch, class_names[i], groupers[i])
             else:
                 for i in todo:
-                    maps[i] = seg.segment(images[i].rgb, class_names[i])
-        return maps
+                    if groupers[i] is None:
+                        out[i] = (
+                            seg.segment(images[i].rgb, class_names[i]),
+                            Grouping.identity(class_names[i]),
+                        )
+                    else:
+                        out[i] = seg.segment_grouped(images[i].rgb, class_names[i], groupers[i])
+        return out
 
     def _run(self, images: list[LoadedImage]) -> list[Segmentation]:
         """Describe, then segment each image with its own nouns (at most `segmenter.max_names`,
@@ -193,19 +292,23 @@ class SelfSegPipeline:
         for i, result in enumerate(self.engine.describe_stream(feeder)):
             names = list(result.nouns)[: seg.sc.max_names]
             branch = feeder.take(i)
-            pending.append((result, names, seg.finish(branch, names) if names else None))
+            grouper = self._grouper(images[i], result.cluster_nouns)
+            finish = (lambda b, n, g=grouper: seg.finish(b, n, g)) if grouper is not None else seg.finish
+            pending.append((result, names, grouper, finish(branch, names) if names else None))
         out = []
-        for image, (result, names, segmented) in zip(images, pending):
+        for image, (result, names, grouper, segmented) in zip(images, pending):
+            grouping = _empty_grouping(grouper) if grouper is not None else None
             if segmented is None:  # nothing was named: every pixel is unlabelled
                 label_map, seconds = np.full(image.rgb.shape[:2], -1, dtype=np.int64), 0.0
             else:
                 done = segmented.result()
                 label_map, seconds = done.label_map, done.seconds
+                grouping = done.grouping if grouper is not None else None
             timer = StageTimer(sync=True)
             with timer("segment"):
-                label_map, names = self._resegment(image, label_map, names)
+                label_map, names = self._resegment(image, label_map, _names_of(names, grouping))
             result.stage_seconds["segment"] = round(seconds + timer.as_dict().get("segment", 0.0), 6)
-            out.append(Segmentation(result, names, label_map))
+            out.append(Segmentation(result, names, label_map, grouping))
         return out
 
     def _resegment(self, image: LoadedImage, label_map: np.ndarray, names: list[str]):
@@ -217,10 +320,43 @@ class SelfSegPipeline:
         names = list(result.nouns)[: self.segmenter.sc.max_names]
         timer = StageTimer(sync=True)
         with timer("segment"):
-            (label_map,) = self._segment([image], [names])
-            label_map, names = self._resegment(image, label_map, names)
+            ((label_map, grouping),) = self._segment_grouped([image], [names], [result.cluster_nouns])
+            label_map, names = self._resegment(image, label_map, grouping.output_names)
         result.stage_seconds.update(timer.as_dict())
-        return Segmentation(result, names, label_map)
+        active = self.planner(image.naming) is not None
+        return Segmentation(result, names, label_map, grouping if active else None)
+
+
+def _empty_grouping(grouper) -> Grouping:
+    """The grouping of an image with no names (a taxonomy still names its label set)."""
+    return grouper.plan([]) if grouper is not None else Grouping.identity([])
+
+
+def _names_of(names: list[str], grouping: Grouping | None) -> list[str]:
+    return grouping.output_names if grouping is not None and names else names
+
+
+def with_naming(
+    images: list[LoadedImage], consolidate: str | dict | None, taxonomy: str | dict | None
+) -> list[LoadedImage]:
+    """The images with a request's consolidate/taxonomy settings (None: the config's)."""
+    naming = naming_overrides(consolidate, taxonomy)
+    return [dataclasses.replace(image, naming=naming) for image in images] if naming else images
+
+
+def naming_overrides(consolidate: str | dict | None, taxonomy: str | dict | None) -> tuple:
+    """`consolidate="specific"` / `taxonomy="voc"` (or dicts of section fields) -> sorted config
+    override items, e.g. (("consolidate.mode", "specific"), ("taxonomy.labels", "voc"))."""
+    items: dict[str, Any] = {}
+    for section, value, key in ((("consolidate", consolidate, "mode")), ("taxonomy", taxonomy, "labels")):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = {key: value}
+        if not isinstance(value, dict):
+            raise SelfSegError(f"{section}={value!r}: give a string or a dict of {section} fields")
+        items.update({f"{section}.{k}": v for k, v in value.items()})
+    return tuple(sorted(items.items()))
 
 
 def with_deadline(images: list[LoadedImage], deadline_ms: float | None) -> list[LoadedImage]:

@@ -29,7 +29,7 @@ def _pairs(merges: list[Merge]) -> set[tuple[str, str, str]]:
 
 
 def test_synonyms_merge_into_the_first_seen(wn) -> None:
-    merges = plan_wordnet_merges(["sofa", "lamp", "couch"], ConsolidateConfig(wordnet=True), wn)
+    merges = plan_wordnet_merges(["sofa", "lamp", "couch"], ConsolidateConfig(mode="specific"), wn)
     assert _pairs(merges) == {("sofa", "couch", "synonym")}
     assert merges[0].score == 1.0
 
@@ -39,7 +39,7 @@ def test_synonyms_merge_into_the_first_seen(wn) -> None:
     [("specific", {("hawk", "bird", "hypernym")}), ("general", {("bird", "hawk", "hypernym")})],
 )
 def test_hypernym_policy(wn, policy: str, expected: set) -> None:
-    merges = plan_wordnet_merges(["bird", "tree", "hawk"], ConsolidateConfig(wordnet=True, policy=policy), wn)
+    merges = plan_wordnet_merges(["bird", "tree", "hawk"], ConsolidateConfig(mode=policy), wn)
     assert _pairs(merges) == expected
     assert 0 < merges[0].score < 1  # path similarity of the two senses
 
@@ -57,24 +57,24 @@ def test_hypernym_policy(wn, policy: str, expected: set) -> None:
 )
 def test_guards_keep_apart(wn, pair: tuple[str, str]) -> None:
     for policy in ("specific", "general"):
-        assert plan_wordnet_merges(list(pair), ConsolidateConfig(wordnet=True, policy=policy), wn) == []
+        assert plan_wordnet_merges(list(pair), ConsolidateConfig(mode=policy), wn) == []
 
 
 def test_a_hypernym_of_two_siblings_fuses_nothing_under_specific(wn) -> None:
-    cfg = ConsolidateConfig(wordnet=True, max_distance=3)
+    cfg = ConsolidateConfig(mode="specific", max_distance=3)
     assert plan_wordnet_merges(["dog", "cat", "carnivore"], cfg, wn) == []
-    general_cfg = ConsolidateConfig(wordnet=True, policy="general", max_distance=3)
+    general_cfg = ConsolidateConfig(mode="general", max_distance=3)
     general = plan_wordnet_merges(["dog", "cat", "carnivore"], general_cfg, wn)
     assert _pairs(general) == {("carnivore", "dog", "hypernym"), ("carnivore", "cat", "hypernym")}
 
 
 def test_chains_resolve_to_one_kept_name(wn) -> None:
-    merges = plan_wordnet_merges(["dog", "puppy", "canine"], ConsolidateConfig(wordnet=True), wn)
+    merges = plan_wordnet_merges(["dog", "puppy", "canine"], ConsolidateConfig(mode="specific"), wn)
     assert {m.merged: m.kept for m in merges} == {"dog": "puppy", "canine": "puppy"}
 
 
 def test_same_cluster_only(wn) -> None:
-    cfg = ConsolidateConfig(wordnet=True, same_cluster_only=True)
+    cfg = ConsolidateConfig(mode="specific", same_cluster_only=True)
     assert plan_wordnet_merges(["bird", "hawk"], cfg, wn, {"bird": [0], "hawk": [1]}) == []
     assert len(plan_wordnet_merges(["bird", "hawk"], cfg, wn, {"bird": [0, 1], "hawk": [1]})) == 1
 
@@ -119,7 +119,7 @@ def test_overlap_rule_leaves_separate_objects_alone() -> None:
 def test_consolidate_scores_records_every_merge(wn) -> None:
     scores, _ = _blob_scores()
     names = ["dog", "puppy", "grass", "sky"]
-    cfg = ConsolidateConfig(wordnet=True, policy="general", overlap=True)
+    cfg = ConsolidateConfig(mode="general", overlap_threshold=0.6)
     merged, kept, merges = consolidate_scores(scores, names, cfg, lambda: wn)
     assert kept == ["dog", "grass", "sky"]
     assert [m.to_json() for m in merges] == [

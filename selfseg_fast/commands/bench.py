@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from selfseg_fast.commands.options import (
     add_segmenter_options,
     config_from_args,
 )
+from selfseg_fast.config import ConsolidateConfig, TaxonomyConfig
 from selfseg_fast.errors import EXIT_OK, EXIT_SOME_FAILED, SelfSegError
 from selfseg_fast.profiling import maybe_profile, write_stage_table
 
@@ -70,6 +72,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size", type=int, metavar="N", help="images per pipeline call (default: config)"
+    )
+    group = parser.add_argument_group("competing-noun consolidation (not in the paper)")
+    group.add_argument(
+        "--consolidate",
+        dest="bench_consolidate",
+        choices=["specific", "general"],
+        default=None,
+        help="score every run twice, without and with consolidation (names per image, merges, mIoU of "
+        "both; the second run reuses the first run's BCC nouns)",
+    )
+    group.add_argument(
+        "--consolidate-overlap",
+        dest="bench_overlap",
+        type=float,
+        metavar="T",
+        default=None,
+        help="with --consolidate: also the mask-overlap rule (soft containment > T)",
+    )
+    group.add_argument(
+        "--same-cluster-only",
+        dest="bench_same_cluster",
+        action="store_true",
+        help="with --consolidate: WordNet merges only between nouns of a common BCC cluster",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_profile_option(parser)
@@ -129,14 +154,16 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.root)
     love = _build_love(args, dataset) if args.mode in ("full", "single-caption") else None
     print(header(args.dataset, args.mode, love), file=sys.stderr)
-    rows = []
+    consolidate = consolidate_settings(args, cfg)
+    rows, consolidated = [], []
     for n in cycles:
         run_cfg = cfg if n is None else cfg.with_overrides({"caption.cycles": n})
         if args.mode == "single-caption":  # one cluster = the whole image, captioned once
             run_cfg = run_cfg.with_overrides({"cluster.k_values": [1], "caption.cycles": 1})
         run_out = out if n is None else out / f"cycles_{n}"
+        pipeline = MemoDescribe(LazyPipeline(run_cfg)) if consolidate else None
         with maybe_profile(args.profile and str(Path(args.profile) / run_out.name)):
-            summary = bench_once(dataset, run_cfg, run_out, args, love)
+            summary = bench_once(dataset, run_cfg, run_out, args, love, pipeline)
         if args.profile:
             per_image = {stage: ms / 1000 for stage, ms in summary.ms_per_stage.items()}
             table = write_stage_table(
@@ -144,10 +171,50 @@ def run(args: argparse.Namespace) -> int:
             )
             print(table, file=sys.stderr)
         rows.append((run_cfg.caption.cycles, summary))
+        if consolidate:
+            merged_cfg = run_cfg.with_overrides({f"consolidate.{k}": v for k, v in consolidate.items()})
+            merged = bench_once(
+                dataset, merged_cfg, run_out / "consolidated", args, love, pipeline.merging(consolidate)
+            )
+            consolidated.append((run_cfg.caption.cycles, merged))
     print(format_table(rows, args.dataset, args.mode))
+    if consolidate:
+        print(format_consolidation(rows, consolidated, consolidate))
     if args.cycles_sweep:
         print(format_table3(rows, args.dataset, dataset.num_classes - (dataset.background_id is not None)))
-    return _exit_code(rows, args.allow_missing)
+    return _exit_code(rows + consolidated, args.allow_missing)
+
+
+def consolidate_settings(args: argparse.Namespace, cfg) -> dict | None:
+    """The consolidate fields of `bench --consolidate ...` (None: no consolidated run); one-line errors."""
+    if args.bench_consolidate is None:
+        if args.bench_overlap is not None or args.bench_same_cluster:
+            raise SelfSegError("--consolidate-overlap and --same-cluster-only need --consolidate MODE")
+        return None
+    if args.mode == "bcc-only":
+        raise SelfSegError("--consolidate: bcc-only mode segments nothing; use full or names-given")
+    if cfg.segmenter.resegment:
+        raise SelfSegError("--consolidate with segmenter.resegment (maskblip's second pass): turn one off")
+    settings = {"mode": args.bench_consolidate, "same_cluster_only": bool(args.bench_same_cluster)}
+    if args.bench_overlap is not None:
+        settings["overlap_threshold"] = args.bench_overlap
+    cfg.with_overrides({f"consolidate.{k}": v for k, v in settings.items()})  # validates the values
+    return settings
+
+
+def format_consolidation(plain_rows, merged_rows, settings: dict) -> str:
+    """Names per image and mIoU without and with consolidation, one line per run."""
+    rule = settings["mode"] + (
+        f" + overlap > {settings['overlap_threshold']}" if "overlap_threshold" in settings else ""
+    )
+    head = ["cycles", "names/img", "merged", "merges/img", "mIoU", "mIoU merged", "img/s", "img/s merged"]
+    lines = [f"consolidation ({rule}): without vs with", "  ".join(f"{h:>12}" for h in head)]
+    for (n, a), (_, b) in zip(plain_rows, merged_rows):
+        cells = [str(n), _fmt(a.names_per_image, 2), _fmt(b.names_per_image, 2), _fmt(b.merges_per_image, 2)]
+        cells += [_pct(a.miou), _pct(b.miou), _fmt(a.images_per_second, 2), _fmt(b.images_per_second, 2)]
+        lines.append("  ".join(f"{c:>12}" for c in cells))
+    lines.append("(img/s merged: the segmenter + consolidation only; the BCC nouns are the first run's)")
+    return "\n".join(lines)
 
 
 def _build_love(args: argparse.Namespace, dataset):
@@ -226,6 +293,9 @@ def run_about(cfg, mode: str, dataset) -> dict:
     when scoring, from the files on disk."""
     config = cfg.to_dict()
     config.pop("batch_size", None)
+    for section, default in (("consolidate", ConsolidateConfig()), ("taxonomy", TaxonomyConfig())):
+        if config.get(section) == dataclasses.asdict(default):  # off: keys of earlier runs still match
+            config.pop(section)
     return {"config": config, "mode": mode, "dataset": dataset.name, "classes": list(dataset.class_names)}
 
 
@@ -290,9 +360,9 @@ class LazyPipeline:
     def describe(self, images):
         return self._get().describe(images)
 
-    def segment(self, images, class_names):
-        if self._pipeline is not None:
-            return self._pipeline.segment(images, class_names)
+    def segment(self, images, class_names, **naming):
+        if self._pipeline is not None or naming:
+            return self._get().segment(images, class_names, **naming)
         if self._segmenter is None:
             from selfseg_fast.engines.base import resolve_device
             from selfseg_fast.models.xdecoder.segmenter import build_segmenter
@@ -304,6 +374,32 @@ class LazyPipeline:
             self._segmenter.segment(image.rgb, names) if names else np.full(image.rgb.shape[:2], -1)
             for image, names in zip(images, class_names)
         ]
+
+
+class MemoDescribe:
+    """A pipeline that remembers each image's BCC result, so the consolidated run segments the very same
+    nouns as the plain one (and does not caption again); `merging(settings)` is the consolidated view."""
+
+    def __init__(self, inner, consolidate: dict | None = None, memo: dict | None = None) -> None:
+        self.inner, self.consolidate = inner, consolidate
+        self.memo: dict = {} if memo is None else memo
+
+    def merging(self, consolidate: dict) -> MemoDescribe:
+        return MemoDescribe(self.inner, consolidate, self.memo)
+
+    def describe(self, images):
+        import copy
+
+        todo = [im for im in images if im.path not in self.memo]
+        if todo:
+            for image, result in zip(todo, self.inner.describe(todo)):
+                self.memo[image.path] = result
+        return [copy.deepcopy(self.memo[im.path]) for im in images]
+
+    def segment(self, images, class_names):
+        if self.consolidate is None:
+            return self.inner.segment(images, class_names)
+        return self.inner.segment(images, class_names, consolidate=self.consolidate)
 
 
 # ---- output ---------------------------------------------------------------------------------------------

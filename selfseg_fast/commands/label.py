@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selfseg_fast.commands.options import add_config_options, add_segmenter_options, config_from_args
+from selfseg_fast.commands.options import (
+    add_config_options,
+    add_naming_options,
+    add_segmenter_options,
+    config_from_args,
+)
 from selfseg_fast.errors import SelfSegError
 from selfseg_fast.images import display_path, iter_image_paths
 
@@ -32,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pictures", action="store_true", help="also write the overlay and cluster-grid pictures"
     )
+    add_naming_options(parser)
     add_segmenter_options(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)

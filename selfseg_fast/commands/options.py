@@ -86,6 +86,48 @@ def add_segmenter_options(parser: argparse.ArgumentParser, *, backend: bool = Tr
         )
 
 
+def add_naming_options(parser: argparse.ArgumentParser, *, consolidate: bool = True) -> None:
+    """--consolidate, --consolidate-overlap, --same-cluster-only, --taxonomy, --taxonomy-llm[-model]
+    (off by default: the paper's output)."""
+    group = parser.add_argument_group("names (not in the paper; off by default)")
+    if consolidate:
+        group.add_argument(
+            "--consolidate",
+            choices=["off", "specific", "general"],
+            default=None,
+            help="merge competing nouns (WordNet synonyms, hypernym/hyponym pairs): specific keeps the "
+            "hyponym (hawk over bird), general the hypernym; every merge is in the JSON",
+        )
+    group.add_argument(
+        "--consolidate-overlap",
+        type=float,
+        metavar="T",
+        default=None,
+        help="also merge names whose score maps overlap (soft containment > T, e.g. 0.6)",
+    )
+    group.add_argument(
+        "--same-cluster-only",
+        action="store_true",
+        default=None,
+        help="WordNet merges only between nouns found in a common BCC cluster",
+    )
+    group.add_argument(
+        "--taxonomy",
+        metavar="LABELS",
+        default=None,
+        help="your own label set: cityscapes, ade20k, voc or a JSON file (a list of labels or "
+        '{"labels": [...], "aliases": {...}}); nouns map onto it with LOVE, the rest is `other`',
+    )
+    group.add_argument(
+        "--taxonomy-llm",
+        metavar="BACKEND",
+        default=None,
+        help="LOVE back-end for --taxonomy: wordnet (offline, default), hf, hf:ID_OR_FOLDER, or an "
+        "OpenAI-compatible http(s):// address",
+    )
+    group.add_argument("--taxonomy-llm-model", metavar="NAME", help="model name sent to that address")
+
+
 def add_profile_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
 
@@ -112,6 +154,16 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
         overrides["segmenter.checkpoint"] = args.checkpoint
     if getattr(args, "segmenter_backend", None):
         overrides["segmenter.backend"] = args.segmenter_backend
+    for flag, key in (
+        ("consolidate", "consolidate.mode"),
+        ("consolidate_overlap", "consolidate.overlap_threshold"),
+        ("same_cluster_only", "consolidate.same_cluster_only"),
+        ("taxonomy", "taxonomy.labels"),
+        ("taxonomy_llm", "taxonomy.llm"),
+        ("taxonomy_llm_model", "taxonomy.llm_model"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
     current = cfg.to_dict()
     for item in args.set:
         key, sep, raw = item.partition("=")

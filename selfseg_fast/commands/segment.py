@@ -9,7 +9,11 @@ common folder, full file name kept, so x.png and x.jpg never collide):
                     255 names)
   NAME.overlay.png  the picture at its own size with the names' colours and names, legend beside it
   NAME.clusters.png the 32x32 cluster grid over the picture with each cluster's top nouns (self-guided)
-  NAME.json         names, pixel shares, captions
+  NAME.json         names, pixel shares, captions; with --consolidate the merges ({kept, merged, rule,
+                    score}), with --taxonomy the label set (stable ids) and the noun -> label mapping
+--consolidate specific|general merges competing nouns (synonyms, hypernym/hyponym: one name per object);
+--taxonomy cityscapes|ade20k|voc|FILE.json names the regions with your own label set (stable ids, the
+rest `other`). Both are off by default (the paper's output).
 A bad image gets one error line; the others still run (exit code 1).
 """
 
@@ -24,6 +28,7 @@ from pathlib import Path
 from selfseg_fast.atomic_files import write_bytes_atomic, write_json_atomic
 from selfseg_fast.commands.options import (
     add_config_options,
+    add_naming_options,
     add_profile_option,
     add_segmenter_options,
     config_from_args,
@@ -50,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help="write label PNG, overlay, clusters and JSON per image")
     add_profile_option(parser)
+    add_naming_options(parser)
     add_segmenter_options(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)
@@ -98,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
             listing = (
                 ", ".join(f"{n} {100 * s:.1f}%" for n, s in shares.items() if s > 0) or "(nothing named)"
             )
+            merges = outcome.audit.get("merges")
+            if merges:
+                listing += " (merged: " + ", ".join(f"{m['merged']}->{m['kept']}" for m in merges) + ")"
             bar.write(f"{display_path(outcome.path)}: {listing}", file=sys.stdout)
             if out_dir:
                 write_outputs(out_dir, key, outcome, shares)
@@ -124,6 +133,7 @@ def write_outputs(out_dir: Path, key: str, outcome: ImageOutcome, shares: dict[s
         base.with_name(base.name + ".overlay.png"), png(overlay(rgb, label_map, names, shares))
     )
     record: dict = {"path": str(outcome.path), "names": names, "shares": shares, "captions": {}}
+    record.update(outcome.audit)  # "merges" / "taxonomy" when consolidation / a taxonomy is on
     described = outcome.description
     if described is not None:
         record["captions"] = {str(k): v for k, v in described.captions.items()}

@@ -76,7 +76,9 @@ class BenchSummary:
     cmiou_matched: float = float("nan")  # BCC clusters, one-to-one Hungarian cluster-class matching
     segments: int = 0  # ground-truth segments scored (the N of cmIoU)
     iou_per_class: dict[str, float] = field(default_factory=dict)
-    nouns_per_image: float = float("nan")
+    nouns_per_image: float = float("nan")  # BCC nouns found per image
+    names_per_image: float = float("nan")  # class names segmented per image (after consolidation)
+    merges_per_image: float = float("nan")  # consolidation merges per image (0 when off)
     classes_per_image: float = float("nan")  # mean ground-truth classes per image (Table 3's C-bar)
     ms_per_stage: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # broken image/label pairs
@@ -196,22 +198,25 @@ def _process(pending, pipeline: Pipeline, mode: str, dataset: Dataset, segmenter
     out = []
     start = time.perf_counter()
     maps = pipeline.segment(images, [list(d.nouns) for d in described])
+    audits = []
     for sample, image, result, label_map in zip(samples, images, described, maps):
-        label_map, names = _maybe_resegment(pipeline, image, result, label_map, segmenter_cfg)
+        audit, nouns = {}, list(result.nouns)
+        if hasattr(label_map, "class_names"):  # consolidation renamed the classes (NamedMap)
+            audit, nouns, label_map = label_map.audit(), list(label_map.class_names), label_map.label_map
+        label_map, names = _maybe_resegment(pipeline, image, nouns, label_map, segmenter_cfg)
         out.append([sample, result, names, label_map])
+        audits.append(audit)
     per_image = (time.perf_counter() - start) / len(samples)
     return [
-        (s, _record(s, d, names, {**d.stage_seconds, "segment": per_image}), _fit(m, s.label.shape))
-        for s, d, names, m in out
+        (s, _record(s, d, names, {**d.stage_seconds, "segment": per_image}) | a, _fit(m, s.label.shape))
+        for (s, d, names, m), a in zip(out, audits)
     ]
 
 
-def _maybe_resegment(pipeline, image, result, label_map, segmenter_cfg):
+def _maybe_resegment(pipeline, image, nouns, label_map, segmenter_cfg):
     if segmenter_cfg is None:
-        return label_map, list(result.nouns)
-    return resegment(
-        label_map, list(result.nouns), lambda kept: pipeline.segment([image], [kept])[0], segmenter_cfg
-    )
+        return label_map, nouns
+    return resegment(label_map, nouns, lambda kept: pipeline.segment([image], [kept])[0], segmenter_cfg)
 
 
 def given_names(dataset: Dataset) -> list[str]:
@@ -249,6 +254,8 @@ class _Scores:
     bcc: ClusterScore
     stage_totals: dict = field(default_factory=lambda: defaultdict(float))
     noun_counts: list = field(default_factory=list)
+    name_counts: list = field(default_factory=list)
+    merge_counts: list = field(default_factory=list)
     class_counts: list = field(default_factory=list)
 
 
@@ -288,6 +295,8 @@ def _score_one(dataset, store, sample, record, names_map, mode, love, official, 
     if names_map is not None:
         if names_map.shape != label.shape:
             names_map = _fit(names_map, label.shape)
+        scores.name_counts.append(len(record["names"]))
+        scores.merge_counts.append(len(record.get("merges", [])))
         train_ids = _to_train_ids(names_map, record["names"], mode, love, dataset)
         scores.conf.update(label, train_ids)
         scores.final.update(label, names_map)
@@ -328,6 +337,8 @@ def _finish(dataset, mode, scores: _Scores, summary: BenchSummary) -> None:
     summary.cmiou_matched = scores.cluster_conf.miou() if scores.bcc.best else float("nan")
     summary.nouns_per_image = float(np.mean(scores.noun_counts)) if scores.noun_counts else float("nan")
     summary.classes_per_image = float(np.mean(scores.class_counts)) if scores.class_counts else float("nan")
+    summary.names_per_image = float(np.mean(scores.name_counts)) if scores.name_counts else float("nan")
+    summary.merges_per_image = float(np.mean(scores.merge_counts)) if scores.merge_counts else float("nan")
     wall = scores.stage_totals.pop(_WALL, 0.0)
     if summary.images_scored:
         n = summary.images_scored

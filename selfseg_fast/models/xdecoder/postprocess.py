@@ -43,6 +43,21 @@ def class_probabilities(pred_logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(pred_logits.float(), dim=-1)[..., :-1]
 
 
+def mask_scores(
+    probs: torch.Tensor,  # [Q, K] class probabilities
+    masks: torch.Tensor,  # [Q, h, w] mask logits at the padded input size / 4
+    padded: tuple[int, int],
+    valid: tuple[int, int],
+) -> torch.Tensor:  # [K, hv, wv] float32
+    """Per-name score maps at the mask resolution, cropped to the image (the padding dropped): what the
+    mask-overlap consolidation compares. Both paths compute it from the same logits and masks, so
+    their merge decisions are the same; (Q + K) x 4 bytes per mask pixel (1/16 of the input's)."""
+    h, w = masks.shape[-2:]
+    hv = max(1, min(h, -(-valid[0] * h // padded[0])))
+    wv = max(1, min(w, -(-valid[1] * w // padded[1])))
+    return torch.einsum("qk,qhw->khw", probs.float(), masks[:, :hv, :wv].float().sigmoid())
+
+
 def upsampling_matrices(
     mask_size: tuple[int, int], padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int], device
 ) -> tuple[torch.Tensor, torch.Tensor]:

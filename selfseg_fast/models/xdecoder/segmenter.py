@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from PIL import Image
 
 from selfseg_fast.config import SegmenterConfig, SelfSegConfig
 from selfseg_fast.errors import ResourceError, SelfSegError
+from selfseg_fast.grouping import Grouping
 from selfseg_fast.host import to_host
 from selfseg_fast.models.xdecoder.config import XDecoderConfig
 from selfseg_fast.models.xdecoder.model import XDecoder, build_model
@@ -43,6 +45,7 @@ from selfseg_fast.models.xdecoder.postprocess import (
     TILE_BYTES,
     class_probabilities,
     label_map_tiled,
+    mask_scores,
     semantic_map,
     upsampling_matrices,
 )
@@ -95,8 +98,17 @@ class BranchOutput:
 class Segmented:
     """A finished label map and the segmenter time spent on its image."""
 
-    label_map: np.ndarray  # [H, W] int64 index into the names
+    label_map: np.ndarray  # [H, W] int64 index into the names (with a grouping: its output names)
     seconds: float
+    grouping: Grouping | None = None  # consolidation / taxonomy applied (None: the names as given)
+
+
+class Grouper(Protocol):
+    """Decides, once the class probabilities are known, how names group into labels (naming.py)."""
+
+    needs_scores: bool  # plan() needs the per-name score maps at the mask resolution
+
+    def plan(self, names: list[str], mask_scores: torch.Tensor | None = None) -> Grouping: ...
 
 
 class XDecoderSegmenter:
@@ -163,7 +175,7 @@ class XDecoderSegmenter:
         return self.text([*names, "background"]).to(self.dtype)
 
     # ---- resources ---------------------------------------------------------------------------------
-    def estimate_peak_bytes(self, height: int, width: int, n_names: int) -> int:
+    def estimate_peak_bytes(self, height: int, width: int, n_names: int, mask_scores: bool = False) -> int:
         """Peak memory of one image's segmentation (device and host together), before any allocation:
         the image branch at the (capped) test size, plus what grows with the output (see the README)."""
         h, w = self.test_size(height, width)
@@ -179,9 +191,14 @@ class XDecoderSegmenter:
             out = 4 * (height * ph // 4 + width * pw // 4) + 2 * TILE_BYTES + 12 * pixels
         else:  # resized masks (twice), scores, int64 label map
             out = (4 * (2 * q + n_names) + 8) * pixels
+        if mask_scores:  # the overlap rule at the mask resolution: the masks' sigmoid, the [K, h, w]
+            # score maps, their grouped and working copies and one containment row's minimum
+            out += 4 * (q + 4 * n_names) * (ph // 4) * (pw // 4)
         return model + out
 
-    def check_request(self, height: int, width: int, n_names: int, what: str = "image") -> None:
+    def check_request(
+        self, height: int, width: int, n_names: int, what: str = "image", mask_scores: bool = False
+    ) -> None:
         """ResourceError (before any work) when a request is over `memory_budget_mb` or `max_names`."""
         if n_names > self.sc.max_names:
             raise ResourceError(
@@ -189,7 +206,7 @@ class XDecoderSegmenter:
                 "pass fewer names or raise the limit"
             )
         budget = self.sc.memory_budget_mb
-        need = self.estimate_peak_bytes(height, width, n_names)
+        need = self.estimate_peak_bytes(height, width, n_names, mask_scores)
         if budget is not None and need > budget * 2**20:
             raise ResourceError(
                 f"{what}: segmenting {width}x{height} px with {n_names} names needs about "
@@ -242,8 +259,18 @@ class XDecoderSegmenter:
     @torch.inference_mode()
     def label_map(self, branch: BranchOutput, names: list[str]) -> np.ndarray:
         """[H, W] int64 label map of one image from its branch output and its names."""
+        return self.label_map_grouped(branch, names)[0]
+
+    @torch.inference_mode()
+    def label_map_grouped(
+        self, branch: BranchOutput, names: list[str], grouper: Grouper | None = None
+    ) -> tuple[np.ndarray, Grouping]:
+        """The fast path with names grouped (`grouper`: consolidation, taxonomy): the class
+        probabilities are summed per group, [Q, K] -> [Q, K'], before the tiled label map, which is
+        exactly the argmax of the summed score maps. -> ([H, W] int64 over grouping.output_names, grouping)"""
         names = _check_names(names)
-        self.check_request(*branch.prepared.out, len(names))
+        needs = grouper is not None and grouper.needs_scores
+        self.check_request(*branch.prepared.out, len(names), mask_scores=needs)
         text = self.text_embeddings(names)
         if branch.class_embed is None:
             logits, masks = self.run(branch.prepared.pixels, text)
@@ -252,22 +279,33 @@ class XDecoderSegmenter:
             logits = self.model.language.compute_similarity(branch.class_embed[None], text)[0]
             masks = branch.masks
         p = branch.prepared
+        probs = class_probabilities(logits)  # [Q, K]
+        grouping = self._plan(grouper, names, probs, masks, p)
         ph, pw = upsampling_matrices(tuple(masks.shape[-2:]), p.padded, p.valid, p.out, masks.device)
-        labels = label_map_tiled(class_probabilities(logits), masks, ph, pw, self.dtype)
-        return to_host(labels).astype(np.int64)
+        labels = label_map_tiled(grouping.sum_columns(probs), masks, ph, pw, self.dtype)  # over [K']
+        return grouping.stable(to_host(labels).astype(np.int64)), grouping
+
+    @staticmethod
+    def _plan(grouper, names, probs, masks, p: Prepared) -> Grouping:
+        """The grouping of the names (identity without a grouper), from the mask-resolution scores."""
+        if grouper is None:
+            return Grouping.identity(names)
+        scores = mask_scores(probs, masks, p.padded, p.valid) if grouper.needs_scores else None
+        return grouper.plan(names, scores)
 
     def start(self, rgbs: list[np.ndarray]) -> list[Future]:
         """Queue the image branch of `rgbs` on the segmenter's worker thread (its own CUDA stream on
         CUDA) and return a Future[BranchOutput] per image; `finish` queues the class scoring."""
         return self._get_worker().submit(self.image_branch, rgbs, len(rgbs))
 
-    def finish(self, branch: Future, names: list[str]) -> Future:
-        """Future[Segmented] of `label_map(branch.result(), names)`, on the worker thread."""
+    def finish(self, branch: Future, names: list[str], grouper: Grouper | None = None) -> Future:
+        """Future[Segmented] of `label_map_grouped(branch.result(), names, grouper)`, on the worker
+        thread."""
 
         def run() -> list[Segmented]:
             began, out = time.perf_counter(), branch.result()
-            labels = self.label_map(out, names)
-            return [Segmented(labels, out.seconds + time.perf_counter() - began)]
+            labels, grouping = self.label_map_grouped(out, names, grouper)
+            return [Segmented(labels, out.seconds + time.perf_counter() - began, grouping)]
 
         return self._get_worker().submit(run, 1)[0]
 
@@ -306,6 +344,26 @@ class XDecoderSegmenter:
                     p = prepared[i]
                     results[i] = semantic_map(logits[j].float(), masks[j].float(), padded, p.valid, p.out)
         return results
+
+    @torch.inference_mode()
+    def segment_grouped(
+        self, rgb: np.ndarray, names: list[str], grouper: Grouper | None = None
+    ) -> tuple[np.ndarray, Grouping]:
+        """One image with names grouped, on the plan's path: the fast path's `label_map_grouped`, or
+        the reference's official [K, H, W] scores summed per group (`grouping.sum_rows`), argmax."""
+        names = _check_names(names)
+        _check_rgb(rgb)
+        if self.fast:
+            return self.label_map_grouped(self.image_branch([rgb])[0], names, grouper)
+        needs = grouper is not None and grouper.needs_scores
+        self.check_request(*rgb.shape[:2], len(names), mask_scores=needs)
+        p = self.preprocess(rgb)
+        logits, masks = self.run(p.pixels, self.text_embeddings(names))
+        logits, masks = logits[0].float(), masks[0].float()
+        grouping = self._plan(grouper, names, class_probabilities(logits), masks, p)
+        scores = semantic_map(logits, masks, p.padded, p.valid, p.out)  # [K, H, W], official
+        labels = to_host(grouping.sum_rows(scores).argmax(0)).astype(np.int64)  # [K', H, W] -> [H, W]
+        return grouping.stable(labels), grouping
 
     def segment(self, rgb: np.ndarray | list[np.ndarray], names: list[str]) -> np.ndarray | list[np.ndarray]:
         """[H, W] int64 label map (index into `names`); a list of images gives a list of maps. The
