@@ -48,6 +48,7 @@ from selfseg_fast.models.xdecoder.postprocess import (
 )
 from selfseg_fast.models.xdecoder.text_embeddings import TextEmbedder
 from selfseg_fast.plan import ExecutionPlan, resolve_plan
+from selfseg_fast.timing import timed
 
 __all__ = [
     "XDecoder",
@@ -206,10 +207,14 @@ class XDecoderSegmenter:
 
     needs_text_with_pixels = False  # ONNX Runtime / TensorRT run the whole graph at once
 
-    @torch.inference_mode()
     def image_branch(self, rgbs: list[np.ndarray]) -> list[BranchOutput]:
         """The text-free part for many images: images of the same padded size run as one batch (up to
         `sc.max_batch`); no image is padded beyond its own size, so each output equals its own."""
+        with timed("segment"):
+            return self._image_branch(rgbs)
+
+    @torch.inference_mode()
+    def _image_branch(self, rgbs: list[np.ndarray]) -> list[BranchOutput]:
         for rgb in rgbs:
             _check_rgb(rgb)
         prepared = [self.preprocess(rgb) for rgb in rgbs]
@@ -239,9 +244,13 @@ class XDecoderSegmenter:
         out = self.forward_image(x)
         return {key: value[:n] for key, value in out.items()}
 
-    @torch.inference_mode()
     def label_map(self, branch: BranchOutput, names: list[str]) -> np.ndarray:
         """[H, W] int64 label map of one image from its branch output and its names."""
+        with timed("label_map"):
+            return self._label_map(branch, names)
+
+    @torch.inference_mode()
+    def _label_map(self, branch: BranchOutput, names: list[str]) -> np.ndarray:
         names = _check_names(names)
         self.check_request(*branch.prepared.out, len(names))
         text = self.text_embeddings(names)
@@ -320,7 +329,12 @@ class XDecoderSegmenter:
         if self.fast:
             maps = [self.label_map(branch, names) for branch in self.image_branch(rgbs)]
         else:
-            maps = [to_host(self.scores(image, names).argmax(0)).astype(np.int64) for image in rgbs]
+            maps = []
+            for image in rgbs:
+                with timed("segment"):
+                    scores = self.scores(image, names)
+                with timed("label_map"):
+                    maps.append(to_host(scores.argmax(0)).astype(np.int64))
         return maps if many else maps[0]
 
     def close(self) -> None:
