@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +67,19 @@ def resolve(records: list[StageRecord]) -> list[StageRecord]:
 
 
 _active: StageRecorder | None = None
+_hook: tuple[int, Callable[[str], AbstractContextManager]] | None = None  # (thread id, hook)
+
+
+@contextmanager
+def stage_hook(hook: Callable[[str], AbstractContextManager]) -> Iterator[None]:
+    """Enter `hook(stage)` around every stage timed on this thread while inside (e.g. an OpCounter's
+    `stage`, whose dispatch mode sees this thread's operators only)."""
+    global _hook
+    previous, _hook = _hook, (threading.get_ident(), hook)
+    try:
+        yield
+    finally:
+        _hook = previous
 
 
 @contextmanager
@@ -92,9 +105,10 @@ def timed(stage: str, *, sync: bool = False) -> Iterator[StageRecord]:
         torch.cuda.nvtx.range_push(f"selfseg/{stage}")
         start_event = torch.cuda.Event(enable_timing=True)
         start_event.record()
+    hooked = _hook[1](stage) if _hook is not None and _hook[0] == threading.get_ident() else nullcontext()
     start = time.perf_counter()
     try:
-        with torch.profiler.record_function(f"selfseg/{stage}"):
+        with torch.profiler.record_function(f"selfseg/{stage}"), hooked:
             yield record
     finally:
         if cuda:
