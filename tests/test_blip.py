@@ -65,7 +65,7 @@ def test_a_python_tokenizer_is_swapped_for_the_fast_one_with_the_same_text():
     import torch
 
     from selfseg_fast.models.blip import fast_tokenizer
-    from selfseg_fast.models.vocab import synthetic_blip_tokenizer, vocab_dir
+    from selfseg_fast.models.vocab import VOCAB_FILE, synthetic_blip_tokenizer, vocab_dir
 
     try:  # transformers 5 keeps the Python implementation under this name
         from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
@@ -73,7 +73,7 @@ def test_a_python_tokenizer_is_swapped_for_the_fast_one_with_the_same_text():
         from transformers import BertTokenizer as Slow
     synthetic_blip_tokenizer()
     slow = Slow(
-        str(vocab_dir() / "vocab.txt"),
+        str(vocab_dir() / VOCAB_FILE),
         do_lower_case=True,
         bos_token="[DEC]",
         additional_special_tokens=["[ENC]"],
