@@ -51,6 +51,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # selfseg_fast from this checkout, also before (or right after) its install
+    sys.path.insert(0, str(ROOT))
 MIB = 2**20
 # What pip downloads with dependencies, and what it installs without them (install.sh's reasons).
 WITH_DEPS = [
