@@ -12,7 +12,8 @@ checked), so nothing comes from a cache that the warm-up filled.
 
 Per (preset, engine), after `--warmup` batches: `--batches` batches of `--batch-size` images through
 `SelfSegPipeline.run` (steady state) give images/s and, per stage, host ms (wall clock of the thread
-that ran the stage: decode, encode, cluster, caption on the launching thread; nouns on the host-stage
+that ran the stage: decode on a loader thread that decodes batch i+1 while batch i runs (or inline with
+`--decode-workers 0`); encode, cluster, caption on the launching thread; nouns on the host-stage
 thread; segment and label_map on the segmenter's thread in the fast engine) and device ms (CUDA events;
 "n/a" on a CPU); stages on different threads overlap, so their sum can exceed the wall time. Then
 `--latency` single-image calls on new images give p50 / p99 latency (nearest-rank order statistics of
@@ -35,6 +36,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -206,13 +208,24 @@ def measure(preset: str, engine: str, args: argparse.Namespace, size: tuple[int,
         torch.cuda.reset_peak_memory_stats()
     timed_files = [source.take(args.batch_size, "timed") for _ in range(args.batches)]
     results, images = [], []
+    decoder = ThreadPoolExecutor(max(1, args.decode_workers), thread_name_prefix="decode")
     with timing.recording() as recorder:
         start = time.perf_counter()
-        for files in timed_files:
-            loaded = decode(files)
-            results += pipe.run(loaded)
-            images += loaded
+        if args.decode_workers:  # a data loader: batch i+1 is decoded while batch i runs
+            upcoming = decoder.submit(decode, timed_files[0])
+            for i in range(len(timed_files)):
+                loaded = upcoming.result()
+                if i + 1 < len(timed_files):
+                    upcoming = decoder.submit(decode, timed_files[i + 1])
+                results += pipe.run(loaded)
+                images += loaded
+        else:
+            for files in timed_files:
+                loaded = decode(files)
+                results += pipe.run(loaded)
+                images += loaded
         wall = time.perf_counter() - start  # run() returns host label maps: the device work is done
+    decoder.shutdown()
     n = len(results)
     stages = summarise(recorder.take(), n)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
@@ -355,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=int, default=50, metavar="N", help="single-image calls for p50/p99")
     parser.add_argument(
         "--no-counters", dest="counters", action="store_false", help="skip the OpCounter batch"
+    )
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="decode the next batch on a worker thread while this one runs (0: on the launching thread)",
     )
     parser.add_argument("--size", metavar="HxW", help="image size for every preset instead of the dataset's")
     parser.add_argument(
