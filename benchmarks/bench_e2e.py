@@ -240,7 +240,8 @@ def measure(preset: str, engine: str, args: argparse.Namespace, size: tuple[int,
         loaded = decode(source.take(args.batch_size, "counters"))
         with OpCounter(record_sites=False) as counter, timing.stage_hook(counter.stage):
             described = pipe.describe(loaded)  # the segmenter on this thread too, so its ops are seen
-            pipe.segment(loaded, [r.nouns or ["thing"] for r in described])
+            cap = pipe.segmenter.sc.max_names  # as run() does: at most max_names names per image
+            pipe.segment(loaded, [r.nouns[:cap] or ["thing"] for r in described])
         counters = {s: c.as_dict() for s, c in counter.totals.items() if s != "total"}
     work = stage_flops(pipe, results, images)
     name = device_name(device)
