@@ -356,6 +356,16 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(args: argparse.Namespace, rows: list[dict]) -> str:
+    meta = _meta(args, rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    table = markdown(meta, rows)
+    (out / "e2e.md").write_text(table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -397,12 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"{preset} {engine}: {r['images_per_s']:.3g} img/s, p50 {_f(r['latency']['p50_ms'])} ms",
                   file=sys.stderr, flush=True)  # fmt: skip
-    meta = _meta(args, rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "e2e.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    table = markdown(meta, rows)
-    (out / "e2e.md").write_text(table)
+            table = _write(args, rows)  # after every row: a long run keeps what it measured
     print(table)
     return 0
 
