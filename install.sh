@@ -3,14 +3,18 @@
 #   TORCH_SPEC   which torch to install first (default: the CPU wheel torch==2.13.0; on a CUDA
 #                machine use e.g. TORCH_SPEC="torch" to get the CUDA build)
 #   EXTRAS       pip extras (default: dev = pytest, ruff, triton, positional-encodings)
+#   TRANSFORMERS_SPEC  a transformers requirement installed with the package, e.g. "transformers==4.57.*"
+#                (default: empty = the newest the package allows, the current 5.x; .ci/run-transformers4)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 EXTRAS=${EXTRAS:-dev}
+TRANSFORMERS_SPEC=${TRANSFORMERS_SPEC:-}
 
 $PY -m pip install -q "$TORCH_SPEC"
-$PY -m pip install -q -e ".[${EXTRAS}]"
+# (resolved together with the package, so the pin and the package's own bounds are checked at once)
+$PY -m pip install -q -e ".[${EXTRAS}]" ${TRANSFORMERS_SPEC:+"$TRANSFORMERS_SPEC"}
 # crfseg declares torchvision, which does not import beside the CPU torch wheel; it needs only torch.
 $PY -m pip install -q --no-deps "crfseg==1.0.0"
 # X-Decoder's CLIP tokenizer offline: open_clip_torch ships CLIP's BPE merges file; only that file is

@@ -11,6 +11,7 @@ B = images in a batch, N = patches (H*W), C = token dim, R = captioned clusters 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,7 +88,8 @@ class DeviceBatch:
     images: list[LoadedImage]  # [B]
     grid: ClusterGrid
     captions: CaptionTokens | CaptionTexts
-    seconds: dict[str, float]  # device stage -> seconds per image
+    seconds: dict[str, float]  # device stage -> host seconds per image
+    device_seconds: Callable[[], dict[str, float] | None] = lambda: None  # resolves CUDA events (or None)
 
 
 @dataclass

@@ -75,3 +75,20 @@ def test_no_wordnet_anywhere_is_one_line_naming_the_fix(tmp_path, monkeypatch):
     message = str(info.value)
     assert "WordNet for NLTK not found" in message and "apt-get install wordnet-base" in message
     assert "\n" not in message
+
+
+def test_gpu_extra_follows_the_torch_cuda_major(capsys):
+    from selfseg_fast.commands.setup import gpu_extra
+
+    assert gpu_extra("13.0")[0] == "gpu-cu13" and gpu_extra("12.8")[0] == "gpu-cu12"
+    assert gpu_extra(None)[0] is None and "CPU build" in gpu_extra(None)[1]
+    assert gpu_extra("11.8")[0] is None
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the extras setup names are pyproject's
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert "cupy-cuda12x" in extras["gpu-cu12"] and "cupy-cuda13x" in extras["gpu-cu13"]
+    assert "gpu" not in extras  # no extra that pins one CUDA major for everyone
+    assert main(["setup"]) == 0 and "GPU extra (optional):" in capsys.readouterr().out

@@ -113,7 +113,7 @@ class FastEngine:
     @torch.inference_mode()
     def _device_stages(self, prepared: PreparedBatch) -> DeviceBatch:
         cfg, seeds = self.cfg, prepared.seeds
-        timer = StageTimer(sync=True)
+        timer = StageTimer()  # no sync between stages: device time comes from CUDA events (timing.py)
         with timer("encode"):
             features = self.encoder.encode(prepared.pixels)  # {res: PatchFeatures [B, N, C]}
         with timer("cluster"):
@@ -132,7 +132,7 @@ class FastEngine:
                 )  # fmt: skip
                 captions = CaptionTokens(rows, cfg.caption.cycles, ids)
         per_image = {stage: sec / len(seeds) for stage, sec in timer.as_dict().items()}
-        return DeviceBatch(prepared.images, grid, captions, per_image)
+        return DeviceBatch(prepared.images, grid, captions, per_image, timer.device_seconds)
 
     def _caption_rounds(self, tokens, labels, rows, row_seeds, images: list[LoadedImage]) -> CaptionTexts:
         """Adaptive cycles and deadlines (stages/adaptive.py): rounds of `adaptive_round` cycles for the
@@ -183,7 +183,9 @@ class FastEngine:
         cluster_nouns: list[dict[int, list[str]]] = [{} for _ in range(n)]
         for (b, cid), caps, nouns in zip(tokens.rows, per_row, found):
             captions[b][cid], cluster_nouns[b][cid] = caps, nouns
-        seconds = batch.seconds | {"nouns": timer.as_dict()["nouns"] / n}
+        device = batch.device_seconds()  # CUDA: the events' times (waited for here, off the launching thread)
+        device_stages = {stage: sec / n for stage, sec in device.items()} if device is not None else {}
+        seconds = batch.seconds | device_stages | {"nouns": timer.as_dict()["nouns"] / n}
         return [
             ImageResult.build(
                 image, batch.grid.host[b], captions[b], cluster_nouns[b], dict(seconds), degraded[b]

@@ -51,6 +51,7 @@ from selfseg_fast.models.xdecoder.postprocess import (
 )
 from selfseg_fast.models.xdecoder.text_embeddings import TextEmbedder
 from selfseg_fast.plan import ExecutionPlan, resolve_plan
+from selfseg_fast.timing import timed
 
 __all__ = [
     "XDecoder",
@@ -223,10 +224,14 @@ class XDecoderSegmenter:
 
     needs_text_with_pixels = False  # ONNX Runtime / TensorRT run the whole graph at once
 
-    @torch.inference_mode()
     def image_branch(self, rgbs: list[np.ndarray]) -> list[BranchOutput]:
         """The text-free part for many images: images of the same padded size run as one batch (up to
         `sc.max_batch`); no image is padded beyond its own size, so each output equals its own."""
+        with timed("segment"):
+            return self._image_branch(rgbs)
+
+    @torch.inference_mode()
+    def _image_branch(self, rgbs: list[np.ndarray]) -> list[BranchOutput]:
         for rgb in rgbs:
             _check_rgb(rgb)
         prepared = [self.preprocess(rgb) for rgb in rgbs]
@@ -256,18 +261,23 @@ class XDecoderSegmenter:
         out = self.forward_image(x)
         return {key: value[:n] for key, value in out.items()}
 
-    @torch.inference_mode()
     def label_map(self, branch: BranchOutput, names: list[str]) -> np.ndarray:
         """[H, W] int64 label map of one image from its branch output and its names."""
         return self.label_map_grouped(branch, names)[0]
 
-    @torch.inference_mode()
     def label_map_grouped(
         self, branch: BranchOutput, names: list[str], grouper: Grouper | None = None
     ) -> tuple[np.ndarray, Grouping]:
         """The fast path with names grouped (`grouper`: consolidation, taxonomy): the class
         probabilities are summed per group, [Q, K] -> [Q, K'], before the tiled label map, which is
         exactly the argmax of the summed score maps. -> ([H, W] int64 over grouping.output_names, grouping)"""
+        with timed("label_map"):
+            return self._label_map_grouped(branch, names, grouper)
+
+    @torch.inference_mode()
+    def _label_map_grouped(
+        self, branch: BranchOutput, names: list[str], grouper: Grouper | None
+    ) -> tuple[np.ndarray, Grouping]:
         names = _check_names(names)
         needs = grouper is not None and grouper.needs_scores
         self.check_request(*branch.prepared.out, len(names), mask_scores=needs)
@@ -378,7 +388,12 @@ class XDecoderSegmenter:
         if self.fast:
             maps = [self.label_map(branch, names) for branch in self.image_branch(rgbs)]
         else:
-            maps = [to_host(self.scores(image, names).argmax(0)).astype(np.int64) for image in rgbs]
+            maps = []
+            for image in rgbs:
+                with timed("segment"):
+                    scores = self.scores(image, names)
+                with timed("label_map"):
+                    maps.append(to_host(scores.argmax(0)).astype(np.int64))
         return maps if many else maps[0]
 
     def close(self) -> None:
