@@ -11,9 +11,10 @@ from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.engines.fast import FastEngine
 from selfseg_fast.engines.reference import ReferenceEngine
 from selfseg_fast.errors import SelfSegError
+from selfseg_fast.models.blip import load_blip
 from selfseg_fast.pipeline import SelfSegPipeline, with_deadline
 from selfseg_fast.stages.adaptive import CycleTracker, deadline_clock, run_rounds
-from selfseg_fast.stages.caption import row_uniforms
+from selfseg_fast.stages.caption import caption_reference, row_uniforms, sample_captions
 from tests.test_engines import structured_images
 
 MAX_CYCLES = 20
@@ -85,6 +86,54 @@ def test_row_uniforms_skip_earlier_cycles() -> None:
     whole = row_uniforms([7, 9], 5, 4)
     torch.testing.assert_close(
         row_uniforms([7, 9], 2, 4, first_cycle=3).view(2, 2, 4), whole.view(2, 5, 4)[:, 3:]
+    )
+
+
+def stop_after(calls: int):
+    """should_stop that says stop at its `calls`-th question; counts every question."""
+    asked = [0]
+
+    def should_stop() -> bool:
+        asked[0] += 1
+        return asked[0] >= calls
+
+    return should_stop, asked
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 6])
+def test_a_stop_is_obeyed_within_one_decoder_step(stop_at: int) -> None:
+    """Both samplers ask before (fast) or after (HF generate) every decoder step; once told to stop
+    they run no further step and keep nothing of the cut-short call."""
+    cfg = SelfSegConfig(weights="random-tiny", seed=0).with_overrides(
+        {"caption.cycles": 3, "caption.min_new_tokens": 10, "caption.max_new_tokens": 12}
+    )
+    bundle = load_blip(cfg)
+    tokens = torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(1, 5, dtype=torch.int64)
+    steps = []
+    should_stop, asked = stop_after(stop_at)
+    with pytest.MonkeyPatch.context() as mp:  # count the fast decoder's steps
+        from selfseg_fast.models import blip_text_fast
+
+        cls = blip_text_fast.FastBlipTextDecoder
+        real = cls.step
+        mp.setattr(cls, "step", lambda *a, **k: steps.append(1) or real(*a, **k))
+        out = sample_captions(bundle, tokens, labels, [(0, 0)], [1], cfg.caption, should_stop=should_stop)
+    assert out is None and asked[0] == stop_at and len(steps) == stop_at - 1  # asked before each step
+    full = sample_captions(bundle, tokens, labels, [(0, 0)], [1], cfg.caption, should_stop=lambda: False)
+    assert full is not None and full.shape[0] == 3  # never told to stop: every cycle comes back
+    should_stop, asked = stop_after(stop_at)
+    calls = []
+    hook = bundle.model.text_decoder.register_forward_hook(lambda *a: calls.append(1))
+    try:  # count HF generate's decoder forward passes
+        ref = caption_reference(bundle, tokens[0], cfg, 1, should_stop)
+    finally:
+        hook.remove()
+    # asked once before generate, then after every step: the step during which it became true is
+    # the last one run (stop_at = 1: no step at all)
+    assert ref is None and asked[0] == stop_at and len(calls) == stop_at - 1
+    assert caption_reference(bundle, tokens[0], cfg, 1, lambda: False) == caption_reference(
+        bundle, tokens[0], cfg, 1
     )
 
 
