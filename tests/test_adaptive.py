@@ -3,10 +3,15 @@ deadline bookkeeping on a fake clock, and both engines on random-tiny weights.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import selfseg_fast.pipeline as pipeline_module
+from selfseg_fast.cli import main
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.engines.fast import FastEngine
 from selfseg_fast.engines.reference import ReferenceEngine
@@ -183,3 +188,48 @@ def test_deadline_through_the_pipeline(tiny_cfg) -> None:
     assert not in_time.degraded and in_time.nouns == pipe.describe(image).nouns
     with pytest.raises(SelfSegError, match="deadline_ms"):
         with_deadline([], 0)
+
+
+def test_cli_caption_takes_patience_and_deadline(tmp_path, capsys) -> None:
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    out = tmp_path / "r.json"
+    argv = ["caption", str(tmp_path / "a.png"), "--weights", "random-tiny", "--json", str(out)]
+    assert main([*argv, "--adaptive-patience", "2", "--deadline-ms", "0.001"]) == 0
+    assert "[degraded" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["config"]["caption"]["adaptive_patience"] == 2
+    assert record["images"][0]["degraded"] is True and record["images"][0]["nouns"] == []
+    assert main([*argv, "--deadline-ms", "600000"]) == 0
+    assert "[degraded" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["images"][0]["degraded"] is False
+    with pytest.raises(SystemExit):
+        main([*argv, "--deadline-ms", "-5"])
+    assert "not a positive number of milliseconds" in capsys.readouterr().err
+
+
+def test_cli_segment_passes_the_deadline_and_marks_degraded(tmp_path, capsys, monkeypatch) -> None:
+    from fake_pipeline import FakePipeline
+
+    seen = []
+
+    class Recording(FakePipeline):
+        def describe(self, images, deadline_ms=None):
+            seen.append(deadline_ms)
+            return super().describe(images, deadline_ms)
+
+    monkeypatch.setattr(pipeline_module, "SelfSegPipeline", Recording)
+    for name, value in (("cut.png", 15), ("whole.png", 50)):
+        Image.fromarray(np.full((20, 30, 3), value, np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "cut.png"), str(tmp_path / "whole.png"), "--out", str(out),
+                 "--deadline-ms", "250"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert seen == [250.0]
+    assert any("cut.png" in line and "[degraded" in line for line in lines)
+    assert any("whole.png" in line and "[degraded" not in line for line in lines)
+    assert json.loads((out / "cut.png.json").read_text())["degraded"] is True
+    assert json.loads((out / "whole.png.json").read_text())["degraded"] is False
+    assert main(["segment", str(tmp_path / "cut.png"), "--classes", "road", "--deadline-ms", "9"]) == 2
+    assert "self-guided runs" in capsys.readouterr().err
