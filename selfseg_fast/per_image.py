@@ -123,12 +123,14 @@ def _segment_own_nouns(pipeline, outcome: ImageOutcome, described) -> None:
     if isinstance(described, Failure):
         _settle_map(outcome, described, [])
         return
+    # the first `segmenter.max_names` nouns, as SelfSegPipeline.run keeps them (services answer the same)
+    names = list(described.nouns)[: pipeline.cfg.segmenter.max_names]
     start = time.perf_counter()
     try:
-        (label_map,) = pipeline.segment([outcome.image], [list(described.nouns)])
+        (label_map,) = pipeline.segment([outcome.image], [names])
     except Exception as exc:
         _settle_map(outcome, Failure(exc), [])
         return
     described.stage_seconds["segment"] = time.perf_counter() - start
     outcome.description = described
-    _settle_map(outcome, label_map, list(described.nouns))
+    _settle_map(outcome, label_map, names)
