@@ -233,3 +233,16 @@ def test_cli_segment_passes_the_deadline_and_marks_degraded(tmp_path, capsys, mo
     assert json.loads((out / "whole.png.json").read_text())["degraded"] is False
     assert main(["segment", str(tmp_path / "cut.png"), "--classes", "road", "--deadline-ms", "9"]) == 2
     assert "self-guided runs" in capsys.readouterr().err
+
+
+def test_both_engines_agree_with_adaptive_cycles(tiny_cfg) -> None:
+    """Greedy decoding (each cycle repeats the first): the same noun sets and the same number of cycles
+    per cluster from both engines (the engines' cluster grids agree >= 99 %, as in test_engines)."""
+    cfg = tiny_cfg.with_overrides({"caption.do_sample": False, "caption.adaptive_patience": 1})
+    images = structured_images(1, seed=6)
+    ref = ReferenceEngine(cfg.with_overrides({"engine": "reference"})).describe(images)
+    fast = FastEngine(cfg.with_overrides({"engine": "fast"})).describe(images)
+    for r, f in zip(ref, fast):
+        assert r.nouns and set(r.nouns) == set(f.nouns)
+        assert sorted(map(len, r.captions.values())) == sorted(map(len, f.captions.values()))
+        assert not r.degraded and not f.degraded
