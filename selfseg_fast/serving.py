@@ -24,9 +24,10 @@ starts, the service gives each image its own caption deadline, its request deadl
 stages after captioning took lately (nouns and segmentation of a batch, learnt like the run time), so
 the caption cycles of an image stop in time for its answer to be ready by its deadline (within one
 decoder step and the estimate's error); such an image keeps the names found so far and its answer
-says `degraded`. A request whose caption deadline had already passed when its batch started (it waited
-too long in the queue) is not run: it fails with `DeadlineExceeded` (HTTP 504), since it would come back
-with no names at all.
+says `degraded` (with no names when its caption time was used up in the queue). A request whose
+deadline itself had passed when its batch started (it waited too long in the queue) is not run: it
+fails with `DeadlineExceeded` (HTTP 504). The estimate is learnt from a second warm-up pass (the first
+holds one-time costs such as starting the noun workers) and from every batch that runs.
 """
 
 from __future__ import annotations
@@ -369,12 +370,14 @@ class SelfSegService:
         return sum(mp > bound for bound in self.options.size_classes_mp)
 
     def warmup(self) -> None:
-        """One full single-image pass (segmenter included), then `warmup_batch_sizes`."""
+        """Two full single-image passes (segmenter included; the second, past one-time costs, measures
+        the time after captioning that deadlines reserve), then `warmup_batch_sizes`."""
         from selfseg_fast.images import LoadedImage
 
         rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         image = LoadedImage("warmup", rgb, "RGB", (64, 64))
-        self._learn_tail(self.pipeline.run([image]))
+        self.pipeline.run([image])
+        self._learn_tail(self.pipeline.run([image]))  # the first pass held one-time costs
         device = getattr(getattr(self.pipeline, "device", None), "type", "cpu")
         for size in warmup_batch_sizes(self.cfg.engine, self.cfg.compile, device, self.options.max_batch):
             self.pipeline.describe([image] * size)
@@ -410,7 +413,8 @@ class SelfSegService:
     # ---- deadlines -----------------------------------------------------------------------------------
     def _run_batch(self, images: list[LoadedImage]) -> list:
         """The batch function: request deadlines -> caption deadlines (less the learnt tail of the
-        batch); images already past theirs fail with DeadlineExceeded, the rest run together."""
+        batch); images already past their request deadline fail with DeadlineExceeded, the rest run
+        together (one whose caption deadline has passed comes back degraded, with no names)."""
         tail = self.tail_seconds_per_image * len(images)
         now = time.monotonic()
         out: list = [None] * len(images)
@@ -420,17 +424,15 @@ class SelfSegService:
             if image.deadline is None:
                 run.append(i)
                 continue
-            caption_deadline = image.deadline - tail
-            if now >= caption_deadline:
-                late_ms = (now - image.deadline) * 1000
+            if now >= image.deadline:
                 out[i] = Failure(
                     DeadlineExceeded(
-                        f"deadline passed while queued ({late_ms:+.0f} ms past it, {tail * 1000:.0f} ms "
-                        "needed after captioning): not run; retry with a larger deadline_ms or later"
+                        f"deadline passed while queued ({(now - image.deadline) * 1000:.0f} ms ago): not "
+                        "run; retry with a larger deadline_ms or later"
                     )
                 )
                 continue
-            images[i] = dataclasses.replace(image, deadline=caption_deadline)
+            images[i] = dataclasses.replace(image, deadline=image.deadline - tail)
             run.append(i)
         if run:
             results = self.pipeline.run([images[i] for i in run])
