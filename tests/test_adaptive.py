@@ -60,6 +60,10 @@ def test_adaptive_finds_the_fixed_noun_set_and_stops_in_time(patience: int, roun
         assert adaptive.captions[r] == fixed.captions[r][: adaptive.cycles_run(r)]  # a prefix
     if round_size == 1:  # exact: every row stops right at its patience
         assert [adaptive.cycles_run(r) for r in range(rows)] == [r + 2 + patience for r in range(rows)]
+    decoded = [sum(cycles for active, _, cycles in calls if r in active) for r in range(rows)]
+    for r in range(rows):  # what the sampler decoded for the row: its cycles, rounded up to a round
+        limit = r + 2 + patience
+        assert decoded[r] <= -(-limit // round_size) * round_size
     sampled = sum(len(active) * cycles for active, _, cycles in calls)
     assert sampled < rows * MAX_CYCLES / 2  # the point: far fewer caption cycles decoded
     assert [first for _, first, _ in calls] == list(range(0, round_size * len(calls), round_size))
