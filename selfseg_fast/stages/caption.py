@@ -198,7 +198,7 @@ def row_uniforms(seeds: list[int], cycles: int, steps: int, first_cycle: int = 0
     for k, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(int(seed))
         drawn = torch.rand(first_cycle + cycles, steps, generator=gen, dtype=torch.float64)
-        out[k] = drawn[first_cycle:].float()
+        out[k] = (drawn[first_cycle:] if first_cycle else drawn).float()  # no extra op when fixed
     return out.reshape(len(seeds) * cycles, steps)
 
 
