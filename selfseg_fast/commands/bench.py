@@ -338,7 +338,7 @@ def _precompute_on_ray(dataset, store, cfg, args, fallback):
         if not store.is_done(dataset.entries[i].id, needs_prediction=needs_prediction)
     ]
     results = precompute_with_ray(todo, cfg, args.ray, segment=needs_prediction)
-    return PrecomputedPipeline(results, fallback)
+    return PrecomputedPipeline(results, fallback, cfg.segmenter)
 
 
 class LazyPipeline:
