@@ -170,6 +170,7 @@ class ImageSource:
             "distinct": len(set(every)),
             "warmup_images_measured_again": len(warm & set(measured)),
             "by_purpose": {purpose: len(hashes) for purpose, hashes in self.hashes.items()},
+            "sha256_by_purpose": {purpose: list(hashes) for purpose, hashes in self.hashes.items()},
         }
 
 
