@@ -122,15 +122,16 @@ def _segment_own_nouns(pipeline, outcome: ImageOutcome, described) -> None:
     if isinstance(described, Failure):
         _settle_map(outcome, described, [])
         return
+    names = pipeline.cfg.segmenter.first_names(described.nouns)  # as SelfSegPipeline.run keeps them
     start = time.perf_counter()
     try:
         extra = (
             {"cluster_nouns": [described.cluster_nouns]} if getattr(pipeline, "naming_active", False) else {}
         )
-        (label_map,) = pipeline.segment([outcome.image], [list(described.nouns)], **extra)
+        (label_map,) = pipeline.segment([outcome.image], [names], **extra)
     except Exception as exc:
         _settle_map(outcome, Failure(exc), [])
         return
     described.stage_seconds["segment"] = time.perf_counter() - start
     outcome.description = described
-    _settle_map(outcome, label_map, list(described.nouns))
+    _settle_map(outcome, label_map, names)

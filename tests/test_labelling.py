@@ -179,3 +179,12 @@ def test_kill_9_loses_nothing_that_was_written_and_the_rerun_completes(tmp_path)
         assert content(out / record.name) == content(record)
         labels = record.name.replace(".json", ".labels.png")
         assert (out / labels).read_bytes() == (reference / labels).read_bytes()
+
+
+def test_self_guided_files_keep_the_first_max_names_nouns_as_the_pipeline_does(tmp_path):
+    """More nouns than segmenter.max_names (random weights at 20 cycles find ~300) is not an error:
+    the first max_names are the class names, as SelfSegPipeline.run keeps them."""
+    _image(tmp_path / "a.png")
+    fake = FakePipeline(_cfg().with_overrides({"segmenter.max_names": 1}))
+    (outcome,) = segment_paths(fake, [tmp_path / "a.png"])
+    assert outcome.ok and outcome.names == ["cat"] and outcome.description.nouns == ["cat", "dog"]
