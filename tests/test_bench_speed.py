@@ -34,7 +34,8 @@ def test_speed_times_each_dataset_file_once(city, tmp_path, capsys):
     data = json.loads((out / "e2e.json").read_text())
     assert data["meta"]["torch"] and data["meta"]["transformers"] and data["meta"]["weights"] == "random-tiny"
     (row,) = data["rows"]
-    assert row["preset"] == "cityscapes" and row["engine"] == "fast" and row["device"].startswith("CPU")
+    assert row["dataset"] == row["preset"] == "cityscapes" and row["engine"] == "fast"
+    assert row["device"].startswith("CPU")
     assert row["image_size"] == [48, 64] and row["images_from"].endswith(str(city))
     assert row["images"] == 4 and row["images_per_s"] == pytest.approx(4 / row["wall_s"])
     assert set(STAGES) <= set(row["stages"])

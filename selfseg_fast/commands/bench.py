@@ -290,7 +290,7 @@ def run_speed(args: argparse.Namespace) -> int:
         f"{settings.images_needed()} images, each used once",
         file=sys.stderr,
     )
-    rows = [speed.measure(cfg, settings, source, preset)]
+    rows = [{"dataset": args.dataset, **speed.measure(cfg, settings, source, preset)}]
     table = speed.write(out, speed.meta(rows, cfg.weights, args.set), rows)
     unseen = rows[0]["unseen"]
     print(table)
