@@ -6,21 +6,27 @@
     curl -s -F file=@photo.jpg http://127.0.0.1:8000/segment         # multipart upload
     curl -s http://127.0.0.1:8000/health                             # liveness (always 200)
     curl -s http://127.0.0.1:8000/ready                              # readiness (503 while loading)
+    curl -s --data-binary @photo.jpg 'http://127.0.0.1:8000/segment?deadline_ms=800'  # a deadline
 
-Response (200): {"names": [...], "shares": {name: pixel share}, "captions": {...}, "mask_png_base64":
-"<label PNG: palette PNG, pixel value = index into names, 255 = unlabelled; 16-bit with 65535 =
-unlabelled above 255 names>"}. Query parameters (off by default; `--consolidate`/`--taxonomy` set the
-server's defaults): `consolidate=specific|general|off`, `consolidate_overlap=0.6`,
-`same_cluster_only=true`, `taxonomy=cityscapes|ade20k|voc`; the answer then also has "merges"
-([{kept, merged, rule, score}]) and "taxonomy" ({name, labels, other_id, mapping}), and "names" are
-the kept nouns or the taxonomy's labels (stable ids, `other` last):
+Response (200): {"names": [...], "shares": {name: pixel share}, "captions": {...}, "degraded": false,
+"mask_png_base64": "<label PNG: palette PNG, pixel value = index into names, 255 = unlabelled; 16-bit
+with 65535 = unlabelled above 255 names>"}. Deadlines: `?deadline_ms=N` (or the server's --deadline-ms)
+counts from the request's arrival; the caption cycles stop in time for the answer (selfseg_fast.serving)
+and the answer says "degraded": true with the names found so far. Query parameters for names (off by
+default; `--consolidate`/`--taxonomy` set the server's defaults): `consolidate=specific|general|off`,
+`consolidate_overlap=0.6`, `same_cluster_only=true`, `taxonomy=cityscapes|ade20k|voc`; the answer then
+also has "merges" ([{kept, merged, rule, score}]) and "taxonomy" ({name, labels, other_id, mapping}),
+and "names" are the kept nouns or the taxonomy's labels (stable ids, `other` last):
     curl -s --data-binary @photo.jpg "http://127.0.0.1:8000/segment?consolidate=specific&taxonomy=voc"
 Every refusal is JSON {"detail": "<one line>"}:
-  400 empty body, malformed multipart, unreadable image   408 body not received within --body-timeout
+  400 empty body, malformed multipart, unreadable image, a bad query parameter (deadline_ms not a
+      positive number, an unknown consolidate/taxonomy value)
+  408 body not received within --body-timeout
   413 body over --max-body-mb (checked on Content-Length before reading, then while streaming), image
       over the pixel limit, or any request the pipeline refuses as over budget (ResourceError)
   415 not an image   422 an image the pipeline cannot process
   503 still loading, or the queue is full (Retry-After)   500 anything else, with its one-line reason
+  504 the deadline passed while the request was queued (not run: it would have had no names)
 The engine is chosen as the CLI chooses it (fast on CUDA, reference on CPU; --engine to force). The
 server listens at once and loads the models in the background (/ready says when); decoding and response
 encoding run on worker threads, so /health never waits for an image. Concurrent requests are micro-
@@ -35,6 +41,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -50,7 +57,7 @@ from selfseg_fast.errors import ImageError, ResourceError, SelfSegError
 from selfseg_fast.images import ImageTooLargeError, load_image_bytes
 from selfseg_fast.label_maps import label_png_bytes, pixel_shares
 from selfseg_fast.pipeline import naming_overrides
-from selfseg_fast.serving import SelfSegService, ServiceBusy, ServiceConfig
+from selfseg_fast.serving import DeadlineExceeded, SelfSegService, ServiceBusy, ServiceConfig
 
 log = logging.getLogger("selfseg_fast.http")
 
@@ -166,6 +173,7 @@ async def _segment(request: Request, holder: ServiceHolder, limits: HttpLimits, 
     if not holder.ready:
         raise Refused(503, f"not ready ({holder.state}); retry shortly", {"Retry-After": "5"})
     service = holder.service
+    deadline_ms = query_deadline(request)
     body = await read_body(request, limits)
     loop = asyncio.get_running_loop()
     content_type = request.headers.get("content-type", "")
@@ -174,7 +182,7 @@ async def _segment(request: Request, holder: ServiceHolder, limits: HttpLimits, 
     del body
     if naming:
         image = dataclasses.replace(image, naming=naming)
-    work = asyncio.ensure_future(service.asegment(image))
+    work = asyncio.ensure_future(service.asegment(image, deadline_ms))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -188,6 +196,8 @@ async def _segment(request: Request, holder: ServiceHolder, limits: HttpLimits, 
         result = work.result()
     except ServiceBusy as exc:
         raise Refused(503, str(exc), {"Retry-After": "1"}) from exc
+    except DeadlineExceeded as exc:
+        raise Refused(504, str(exc)) from exc
     except ResourceError as exc:
         raise Refused(413, str(exc)) from exc
     except ImageError as exc:
@@ -197,6 +207,20 @@ async def _segment(request: Request, holder: ServiceHolder, limits: HttpLimits, 
         raise Refused(500, f"segmentation failed: {_one_line(exc)}") from exc
     payload = await loop.run_in_executor(workers, render_response, result)
     return Response(payload, media_type="application/json")
+
+
+def query_deadline(request: Request) -> float | None:
+    """`?deadline_ms=N`: a positive number of milliseconds (None: the server's default)."""
+    raw = request.query_params.get("deadline_ms")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise Refused(400, f"deadline_ms={raw!r}: must be a positive number of milliseconds")
+    return value
 
 
 async def read_body(request: Request, limits: HttpLimits) -> bytes:
@@ -356,6 +380,7 @@ def render_response(result) -> bytes:
         "names": result.class_names,
         "shares": pixel_shares(result.label_map, result.class_names),
         "captions": {str(k): v for k, v in result.description.captions.items()},
+        "degraded": bool(result.description.degraded),
         "mask_png_base64": base64.b64encode(
             label_png_bytes(result.label_map, len(result.class_names))
         ).decode(),
@@ -406,6 +431,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-mb", type=float, default=32.0, help="upload size; more get 413")
     parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds for the whole body")
     add_naming_options(parser)  # server-wide defaults; a request may override them (query parameters)
+    parser.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=None,
+        help="default per-request deadline from arrival (ms; ?deadline_ms= overrides): the caption "
+        "cycles stop in time and the answer says degraded; none by default",
+    )
     add_segmenter_options(parser)
     add_config_options(parser)
     args = parser.parse_args(argv)
@@ -416,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_pixels=args.max_pixels,
+        deadline_ms=args.deadline_ms,
     )
     limits = HttpLimits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout)
     import uvicorn

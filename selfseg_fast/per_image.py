@@ -64,10 +64,15 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def segment_paths(
-    pipeline, paths: Sequence[str | Path], names: list[str] | None = None, batch_size: int | None = None
+    pipeline,
+    paths: Sequence[str | Path],
+    names: list[str] | None = None,
+    batch_size: int | None = None,
+    deadline_ms: float | None = None,
 ) -> Iterator[ImageOutcome]:
     """Outcomes in input order, one image at a time (see the module docstring). `names`: segment with
-    these class names; None: the self-guided pipeline (describe, then each image's own nouns)."""
+    these class names; None: the self-guided pipeline (describe, then each image's own nouns), with
+    `deadline_ms` (if given) bounding each chunk's captioning from when its describe starts."""
     size = batch_size or getattr(getattr(pipeline, "cfg", None), "batch_size", 16)
     for chunk in chunks(list(paths), size):
         loaded = [_load(Path(p)) for p in chunk]
@@ -79,7 +84,10 @@ def segment_paths(
                     _settle_map(outcome, next(maps), list(names))
                 yield outcome
             continue
-        described = iter(run_isolated(pipeline.describe, images))
+        describe = pipeline.describe
+        if deadline_ms is not None:
+            describe = lambda imgs: pipeline.describe(imgs, deadline_ms=deadline_ms)  # noqa: E731
+        described = iter(run_isolated(describe, images))
         for outcome in loaded:
             if outcome.ok:
                 _segment_own_nouns(pipeline, outcome, next(described))

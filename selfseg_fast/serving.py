@@ -17,11 +17,23 @@ What it guarantees:
   of large ones, and a large one waits at most about its own run time longer.
 - **A failed batch is bisected** (`selfseg_fast.isolation`): good items are answered from the half that
   succeeds, the failing item gets its own exception; an interrupt fails the batch without retries.
+
+`SelfSegService` adds per-request deadlines (`deadline_ms`, or `ServiceConfig.deadline_ms` as the
+default): a request's deadline counts from its arrival and covers the whole answer. When its batch
+starts, the service gives each image its own caption deadline, its request deadline less the time the
+stages after captioning took lately (nouns and segmentation of a batch, learnt like the run time), so
+the caption cycles of an image stop in time for its answer to be ready by its deadline (within one
+decoder step and the estimate's error); such an image keeps the names found so far and its answer
+says `degraded` (with no names when its caption time was used up in the queue). A request whose
+deadline itself had passed when its batch started (it waited too long in the queue) is not run: it
+fails with `DeadlineExceeded` (HTTP 504). The estimate is learnt from a second warm-up pass (the first
+holds one-time costs such as starting the noun workers) and from every batch that runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -50,6 +62,10 @@ log = logging.getLogger(__name__)
 
 class ServiceBusy(SelfSegError):
     """The request queue is full: try again shortly (HTTP 503 with Retry-After)."""
+
+
+class DeadlineExceeded(SelfSegError):
+    """The request's deadline passed while it waited in the queue (HTTP 504): not run."""
 
 
 class BatcherClosed(RuntimeError):
@@ -292,6 +308,9 @@ class ServiceConfig:
     max_pixels: int = 50_000_000  # per request; larger images are refused with ResourceError (HTTP 413)
     max_batch_megapixels: float = 64.0  # a batch's summed cost (1 + megapixels per image)
     size_classes_mp: tuple[float, ...] = field(default=(1.0, 4.0, 16.0))  # lane boundaries in MPix
+    # Default per-request deadline in ms from arrival (None: none); a request may give its own. Past it
+    # the caption cycles stop and the answer is `degraded`; see the module docstring.
+    deadline_ms: float | None = None
 
 
 def image_megapixels(image: LoadedImage) -> float:
@@ -320,19 +339,23 @@ class SelfSegService:
     def __init__(self, cfg: SelfSegConfig, service: ServiceConfig | None = None, *, pipeline=None) -> None:
         self.cfg = cfg
         self.options = service or ServiceConfig()
+        default = self.options.deadline_ms
+        if default is not None and not (math.isfinite(default) and default > 0):
+            raise ValueError(f"ServiceConfig.deadline_ms = {default!r}: must be a positive number of ms")
         if pipeline is None:
             from selfseg_fast.pipeline import SelfSegPipeline
 
             pipeline = SelfSegPipeline(cfg)
         self.pipeline = pipeline
         self.warmup_seconds = 0.0
+        self.tail_seconds_per_image = 0.0  # nouns + segmentation per image, learnt (deadlines)
         if self.options.warmup:
             start = time.perf_counter()
             self.warmup()
             self.warmup_seconds = time.perf_counter() - start
         opts = self.options
         self.batcher: MicroBatcher[LoadedImage, Segmentation] = MicroBatcher(
-            self.pipeline.run,
+            self._run_batch,
             opts.max_batch,
             opts.max_wait_ms,
             max_queue=opts.max_queue,
@@ -347,12 +370,14 @@ class SelfSegService:
         return sum(mp > bound for bound in self.options.size_classes_mp)
 
     def warmup(self) -> None:
-        """One full single-image pass (segmenter included), then `warmup_batch_sizes`."""
+        """Two full single-image passes (segmenter included; the second, past one-time costs, measures
+        the time after captioning that deadlines reserve), then `warmup_batch_sizes`."""
         from selfseg_fast.images import LoadedImage
 
         rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         image = LoadedImage("warmup", rgb, "RGB", (64, 64))
         self.pipeline.run([image])
+        self._learn_tail(self.pipeline.run([image]))  # the first pass held one-time costs
         device = getattr(getattr(self.pipeline, "device", None), "type", "cpu")
         for size in warmup_batch_sizes(self.cfg.engine, self.cfg.compile, device, self.options.max_batch):
             self.pipeline.describe([image] * size)
@@ -367,15 +392,64 @@ class SelfSegService:
                 path=image.path,
             )
 
-    def submit(self, image: LoadedImage) -> Future[Segmentation]:
+    def submit(self, image: LoadedImage, deadline_ms: float | None = None) -> Future[Segmentation]:
+        """Queue one image; `deadline_ms` from now (default `ServiceConfig.deadline_ms`; None: none)."""
         self.check(image)
+        deadline_ms = self.options.deadline_ms if deadline_ms is None else deadline_ms
+        if deadline_ms is not None:
+            if not (isinstance(deadline_ms, (int, float)) and math.isfinite(deadline_ms) and deadline_ms > 0):
+                raise SelfSegError(f"deadline_ms = {deadline_ms!r}: must be a positive number of ms")
+            image = dataclasses.replace(image, deadline=time.monotonic() + deadline_ms / 1000)
         return self.batcher.submit(image)
 
-    def segment(self, image: LoadedImage, timeout: float | None = None) -> Segmentation:
-        return self.submit(image).result(timeout)
+    def segment(
+        self, image: LoadedImage, timeout: float | None = None, deadline_ms: float | None = None
+    ) -> Segmentation:
+        return self.submit(image, deadline_ms).result(timeout)
 
-    async def asegment(self, image: LoadedImage) -> Segmentation:
-        return await asyncio.wrap_future(self.submit(image))
+    async def asegment(self, image: LoadedImage, deadline_ms: float | None = None) -> Segmentation:
+        return await asyncio.wrap_future(self.submit(image, deadline_ms))
+
+    # ---- deadlines -----------------------------------------------------------------------------------
+    def _run_batch(self, images: list[LoadedImage]) -> list:
+        """The batch function: request deadlines -> caption deadlines (less the learnt tail of the
+        batch); images already past their request deadline fail with DeadlineExceeded, the rest run
+        together (one whose caption deadline has passed comes back degraded, with no names)."""
+        tail = self.tail_seconds_per_image * len(images)
+        now = time.monotonic()
+        out: list = [None] * len(images)
+        run: list[int] = []
+        images = list(images)  # the caller's list is re-run as is if the batch fails (bisection)
+        for i, image in enumerate(images):
+            if image.deadline is None:
+                run.append(i)
+                continue
+            if now >= image.deadline:
+                out[i] = Failure(
+                    DeadlineExceeded(
+                        f"deadline passed while queued ({(now - image.deadline) * 1000:.0f} ms ago): not "
+                        "run; retry with a larger deadline_ms or later"
+                    )
+                )
+                continue
+            images[i] = dataclasses.replace(image, deadline=image.deadline - tail)
+            run.append(i)
+        if run:
+            results = self.pipeline.run([images[i] for i in run])
+            self._learn_tail(results)
+            for i, result in zip(run, results):
+                out[i] = result
+        return out
+
+    def _learn_tail(self, results: list) -> None:
+        """Seconds per image of the stages after captioning (nouns, segment), as a moving average."""
+        seconds = [getattr(getattr(r, "description", None), "stage_seconds", None) for r in results]
+        tails = [s.get("nouns", 0.0) + s.get("segment", 0.0) for s in seconds if s]
+        if not tails:
+            return
+        rate = sum(tails) / len(tails)
+        old = self.tail_seconds_per_image
+        self.tail_seconds_per_image = rate if not old else 0.7 * old + 0.3 * rate
 
     @property
     def ready(self) -> bool:

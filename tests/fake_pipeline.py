@@ -21,16 +21,20 @@ class FakePipeline:
         self.cfg = cfg or SelfSegConfig()
         self.describe_batches: list[int] = []
 
-    def describe(self, images):
+    def describe(self, images, deadline_ms=None):
+        """`deadline_ms` (as SelfSegPipeline.describe): images whose top-left pixel is 15 come back
+        degraded with one noun, as if the deadline stopped their captions."""
         self.describe_batches.append(len(images))
+        self.deadline_ms = deadline_ms
         if any(int(im.rgb[0, 0, 0]) == 13 for im in images):
             raise RuntimeError("describe exploded")
-        return [
-            ImageResult(
-                im.path, [[0] * 32] * 32, {0: ["a cat and a dog"]}, {0: ["cat", "dog"]}, ["cat", "dog"]
-            )
-            for im in images
-        ]
+        out = []
+        for im in images:
+            cut = deadline_ms is not None and int(im.rgb[0, 0, 0]) == 15
+            nouns = ["cat"] if cut else ["cat", "dog"]
+            caption = {0: ["a cat"]} if cut else {0: ["a cat and a dog"]}
+            out.append(ImageResult(im.path, [[0] * 32] * 32, caption, {0: nouns}, nouns, degraded=cut))
+        return out
 
     def segment(self, images, names):
         out = []

@@ -3,17 +3,23 @@ deadline bookkeeping on a fake clock, and both engines on random-tiny weights.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import selfseg_fast.pipeline as pipeline_module
+from selfseg_fast.cli import main
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.engines.fast import FastEngine
 from selfseg_fast.engines.reference import ReferenceEngine
 from selfseg_fast.errors import SelfSegError
+from selfseg_fast.models.blip import load_blip
 from selfseg_fast.pipeline import SelfSegPipeline, with_deadline
 from selfseg_fast.stages.adaptive import CycleTracker, deadline_clock, run_rounds
-from selfseg_fast.stages.caption import row_uniforms
+from selfseg_fast.stages.caption import caption_reference, row_uniforms, sample_captions
 from tests.test_engines import structured_images
 
 MAX_CYCLES = 20
@@ -54,6 +60,10 @@ def test_adaptive_finds_the_fixed_noun_set_and_stops_in_time(patience: int, roun
         assert adaptive.captions[r] == fixed.captions[r][: adaptive.cycles_run(r)]  # a prefix
     if round_size == 1:  # exact: every row stops right at its patience
         assert [adaptive.cycles_run(r) for r in range(rows)] == [r + 2 + patience for r in range(rows)]
+    decoded = [sum(cycles for active, _, cycles in calls if r in active) for r in range(rows)]
+    for r in range(rows):  # what the sampler decoded for the row: its cycles, rounded up to a round
+        limit = r + 2 + patience
+        assert decoded[r] <= -(-limit // round_size) * round_size
     sampled = sum(len(active) * cycles for active, _, cycles in calls)
     assert sampled < rows * MAX_CYCLES / 2  # the point: far fewer caption cycles decoded
     assert [first for _, first, _ in calls] == list(range(0, round_size * len(calls), round_size))
@@ -85,6 +95,54 @@ def test_row_uniforms_skip_earlier_cycles() -> None:
     whole = row_uniforms([7, 9], 5, 4)
     torch.testing.assert_close(
         row_uniforms([7, 9], 2, 4, first_cycle=3).view(2, 2, 4), whole.view(2, 5, 4)[:, 3:]
+    )
+
+
+def stop_after(calls: int):
+    """should_stop that says stop at its `calls`-th question; counts every question."""
+    asked = [0]
+
+    def should_stop() -> bool:
+        asked[0] += 1
+        return asked[0] >= calls
+
+    return should_stop, asked
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 6])
+def test_a_stop_is_obeyed_within_one_decoder_step(stop_at: int) -> None:
+    """Both samplers ask before (fast) or after (HF generate) every decoder step; once told to stop
+    they run no further step and keep nothing of the cut-short call."""
+    cfg = SelfSegConfig(weights="random-tiny", seed=0).with_overrides(
+        {"caption.cycles": 3, "caption.min_new_tokens": 10, "caption.max_new_tokens": 12}
+    )
+    bundle = load_blip(cfg)
+    tokens = torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(1, 5, dtype=torch.int64)
+    steps = []
+    should_stop, asked = stop_after(stop_at)
+    with pytest.MonkeyPatch.context() as mp:  # count the fast decoder's steps
+        from selfseg_fast.models import blip_text_fast
+
+        cls = blip_text_fast.FastBlipTextDecoder
+        real = cls.step
+        mp.setattr(cls, "step", lambda *a, **k: steps.append(1) or real(*a, **k))
+        out = sample_captions(bundle, tokens, labels, [(0, 0)], [1], cfg.caption, should_stop=should_stop)
+    assert out is None and asked[0] == stop_at and len(steps) == stop_at - 1  # asked before each step
+    full = sample_captions(bundle, tokens, labels, [(0, 0)], [1], cfg.caption, should_stop=lambda: False)
+    assert full is not None and full.shape[0] == 3  # never told to stop: every cycle comes back
+    should_stop, asked = stop_after(stop_at)
+    calls = []
+    hook = bundle.model.text_decoder.register_forward_hook(lambda *a: calls.append(1))
+    try:  # count HF generate's decoder forward passes
+        ref = caption_reference(bundle, tokens[0], cfg, 1, should_stop)
+    finally:
+        hook.remove()
+    # asked once before generate, then after every step: the step during which it became true is
+    # the last one run (stop_at = 1: no step at all)
+    assert ref is None and asked[0] == stop_at and len(calls) == stop_at - 1
+    assert caption_reference(bundle, tokens[0], cfg, 1, lambda: False) == caption_reference(
+        bundle, tokens[0], cfg, 1
     )
 
 
@@ -134,3 +192,61 @@ def test_deadline_through_the_pipeline(tiny_cfg) -> None:
     assert not in_time.degraded and in_time.nouns == pipe.describe(image).nouns
     with pytest.raises(SelfSegError, match="deadline_ms"):
         with_deadline([], 0)
+
+
+def test_cli_caption_takes_patience_and_deadline(tmp_path, capsys) -> None:
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    out = tmp_path / "r.json"
+    argv = ["caption", str(tmp_path / "a.png"), "--weights", "random-tiny", "--json", str(out)]
+    assert main([*argv, "--adaptive-patience", "2", "--deadline-ms", "0.001"]) == 0
+    assert "[degraded" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["config"]["caption"]["adaptive_patience"] == 2
+    assert record["images"][0]["degraded"] is True and record["images"][0]["nouns"] == []
+    assert main([*argv, "--deadline-ms", "600000"]) == 0
+    assert "[degraded" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["images"][0]["degraded"] is False
+    with pytest.raises(SystemExit):
+        main([*argv, "--deadline-ms", "-5"])
+    assert "not a positive number of milliseconds" in capsys.readouterr().err
+
+
+def test_cli_segment_passes_the_deadline_and_marks_degraded(tmp_path, capsys, monkeypatch) -> None:
+    from fake_pipeline import FakePipeline
+
+    seen = []
+
+    class Recording(FakePipeline):
+        def describe(self, images, deadline_ms=None):
+            seen.append(deadline_ms)
+            return super().describe(images, deadline_ms)
+
+    monkeypatch.setattr(pipeline_module, "SelfSegPipeline", Recording)
+    for name, value in (("cut.png", 15), ("whole.png", 50)):
+        Image.fromarray(np.full((20, 30, 3), value, np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "cut.png"), str(tmp_path / "whole.png"), "--out", str(out),
+                 "--deadline-ms", "250"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert seen == [250.0]
+    assert any("cut.png" in line and "[degraded" in line for line in lines)
+    assert any("whole.png" in line and "[degraded" not in line for line in lines)
+    assert json.loads((out / "cut.png.json").read_text())["degraded"] is True
+    assert json.loads((out / "whole.png.json").read_text())["degraded"] is False
+    assert main(["segment", str(tmp_path / "cut.png"), "--classes", "road", "--deadline-ms", "9"]) == 2
+    assert "self-guided runs" in capsys.readouterr().err
+
+
+def test_both_engines_agree_with_adaptive_cycles(tiny_cfg) -> None:
+    """Greedy decoding (each cycle repeats the first): the same noun sets and the same number of cycles
+    per cluster from both engines (the engines' cluster grids agree >= 99 %, as in test_engines)."""
+    cfg = tiny_cfg.with_overrides({"caption.do_sample": False, "caption.adaptive_patience": 1})
+    images = structured_images(1, seed=6)
+    ref = ReferenceEngine(cfg.with_overrides({"engine": "reference"})).describe(images)
+    fast = FastEngine(cfg.with_overrides({"engine": "fast"})).describe(images)
+    for r, f in zip(ref, fast):
+        assert r.nouns and set(r.nouns) == set(f.nouns)
+        assert sorted(map(len, r.captions.values())) == sorted(map(len, f.captions.values()))
+        assert not r.degraded and not f.degraded

@@ -45,6 +45,7 @@ class FakePipeline:
     def __init__(self) -> None:
         self.gate: threading.Event | None = None
         self.seen: list[int] = []
+        self.deadlines: list[float | None] = []  # each image's caption deadline as run
         self.entered = False
 
     def run(self, images):
@@ -55,6 +56,7 @@ class FakePipeline:
         for image in images:
             value = int(image.rgb[0, 0, 0])
             self.seen.append(value)
+            self.deadlines.append(image.deadline)
             if value == 200:
                 raise ResourceError("needs 9 GiB, over the 4 GiB budget (segmenter.memory_budget)")
             if value == 201:
@@ -63,6 +65,7 @@ class FakePipeline:
             label_map = np.zeros((h, w), np.int64)
             label_map[:, w // 2 :] = 1
             result = ImageResult(image.path, [[0] * 32] * 32, {0: ["a cat"]}, {0: ["cat"]}, ["cat", "dog"])
+            result.degraded = value == 77  # stands for an image whose caption deadline passed
             out.append(Segmentation(result, ["cat", "dog"], label_map))
         return out
 
@@ -312,3 +315,38 @@ def test_the_engine_is_chosen_like_the_cli(monkeypatch):
     module.main(["--weights", "random-tiny", "--engine", "reference"])
     seen["app"].state.holder.factory()
     assert seen["cfg"].engine == "reference"
+
+
+def test_deadline_query_parameter_reaches_the_pipeline_and_degraded_comes_back(served):
+    url, pipeline, *_ = served
+    plain = httpx.post(f"{url}/segment", content=_jpeg())
+    assert plain.status_code == 200 and plain.json()["degraded"] is False and pipeline.deadlines == [None]
+    sent = time.monotonic()
+    cut = httpx.post(f"{url}/segment?deadline_ms=5000", content=_jpeg(77))
+    assert cut.status_code == 200 and cut.json()["degraded"] is True
+    assert sent < pipeline.deadlines[-1] <= time.monotonic() + 5.0  # the request's own deadline
+    for bad in ("0", "-3", "soon", "nan", "inf"):
+        refused = httpx.post(f"{url}/segment?deadline_ms={bad}", content=_jpeg())
+        assert refused.status_code == 400 and "deadline_ms" in refused.json()["detail"]
+
+
+def test_a_deadline_that_passes_in_the_queue_gets_504_unrun(served):
+    url, pipeline, *_ = served
+    pipeline.gate = threading.Event()
+    first = threading.Thread(target=lambda: httpx.post(f"{url}/segment", content=_jpeg(90), timeout=20))
+    first.start()
+    _until(lambda: pipeline.entered)  # the first request holds the worker
+    answer: list = []
+    late = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(f"{url}/segment?deadline_ms=50", content=_jpeg(91), timeout=20)
+        )
+    )
+    late.start()
+    _until(lambda: httpx.get(f"{url}/health").json()["queued"] == 1)
+    time.sleep(0.1)  # its 50 ms pass while it waits
+    pipeline.gate.set()
+    first.join(20)
+    late.join(20)
+    assert answer[0].status_code == 504 and "deadline passed while queued" in answer[0].json()["detail"]
+    assert 91 not in pipeline.seen  # not run

@@ -42,3 +42,10 @@ def test_memory_is_sampled_from_a_process(load_test):
 def test_the_bomb_is_refused_from_its_header(load_test):
     with pytest.raises(ResourceError, match="decompression bomb"):
         load_image_bytes(load_test.png_bomb(), "bomb.png")
+
+
+def test_a_degraded_answer_must_name_nouns_of_the_full_run(load_test):
+    expected = {"names": ["car"], "nouns": {"car", "road", "tree"}}
+    assert load_test.consistent({"degraded": True, "names": ["road", "tree"]}, expected)
+    assert load_test.consistent({"degraded": True, "names": []}, expected)
+    assert not load_test.consistent({"degraded": True, "names": ["road", "sky"]}, expected)

@@ -5,6 +5,7 @@ SelfSegService warm-up plan and per-request budget."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -13,10 +14,17 @@ import numpy as np
 import pytest
 
 import selfseg_fast.serving as serving
-from selfseg_fast.errors import ResourceError
+from selfseg_fast.errors import ResourceError, SelfSegError
 from selfseg_fast.images import LoadedImage
 from selfseg_fast.isolation import Failure, run_isolated
-from selfseg_fast.serving import BatcherClosed, MicroBatcher, SelfSegService, ServiceBusy, ServiceConfig
+from selfseg_fast.serving import (
+    BatcherClosed,
+    DeadlineExceeded,
+    MicroBatcher,
+    SelfSegService,
+    ServiceBusy,
+    ServiceConfig,
+)
 
 
 def _drained(batcher: MicroBatcher, timeout: float = 5.0) -> None:
@@ -349,7 +357,7 @@ def test_warmup_is_proportional_to_what_the_engine_can_reuse() -> None:
     # issue 13.20: 15 describes on the reference engine (118 s) for nothing
     pipeline = _CountingPipeline()
     SelfSegService(_cfg("reference"), ServiceConfig(max_batch=8), pipeline=pipeline).close()
-    assert pipeline.runs == 1 and pipeline.described == []
+    assert pipeline.runs == 2 and pipeline.described == []  # the second pass measures the tail (deadlines)
     assert serving.warmup_batch_sizes("fast", False, "cpu", 8) == []
     assert serving.warmup_batch_sizes("fast", False, "cuda", 8) == [8]
     assert serving.warmup_batch_sizes("fast", True, "cuda", 8) == [2, 4, 8]
@@ -370,3 +378,63 @@ def test_service_refuses_images_over_its_pixel_budget_and_lanes_by_size() -> Non
     assert service.size_class(LoadedImage("x", np.zeros((3000, 3000, 3), np.uint8), "RGB", (1, 1))) == 2
     service.close()
     assert not service.ready
+
+
+class _TailPipeline:
+    """run() records each image's caption deadline and reports `tail` seconds of nouns + segment."""
+
+    def __init__(self, tail: float) -> None:
+        self.tail, self.deadlines = tail, []
+
+    def run(self, images):
+        from selfseg_fast.pipeline import Segmentation
+        from selfseg_fast.records import ImageResult
+
+        out = []
+        for image in images:
+            self.deadlines.append((image.path, image.deadline))
+            seconds = {"nouns": self.tail / 2, "segment": self.tail / 2}
+            result = ImageResult(image.path, [], {}, {}, [], seconds)
+            out.append(Segmentation(result, [], np.zeros((1, 1), np.int64)))
+        return out
+
+
+def test_request_deadlines_become_caption_deadlines_less_the_learnt_tail() -> None:
+    pipeline = _TailPipeline(tail=0.2)
+    service = SelfSegService(_cfg(), ServiceConfig(deadline_ms=10_000, max_wait_ms=0), pipeline=pipeline)
+    assert service.tail_seconds_per_image == pytest.approx(0.2)  # learnt from the warm-up run
+    image = LoadedImage("a", np.zeros((8, 8, 3), np.uint8), "RGB", (8, 8))
+    sent = time.monotonic()
+    service.segment(image, timeout=5)  # the server default
+    service.segment(dataclasses.replace(image, path="b"), timeout=5, deadline_ms=3000)  # its own
+    (_, a), (_, b) = pipeline.deadlines[-2:]
+    assert sent + 10 - 0.2 <= a <= time.monotonic() + 10 - 0.2
+    assert sent + 3 - 0.2 <= b <= time.monotonic() + 3 - 0.2
+    before = time.monotonic()
+    service.segment(dataclasses.replace(image, path="c"), timeout=5, deadline_ms=50)  # runs, degraded
+    assert pipeline.deadlines[-1][1] < before  # its caption time went to the tail: none left
+    with pytest.raises(SelfSegError, match="deadline_ms"):
+        service.segment(image, deadline_ms=-1)
+    service.close()
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_not_run() -> None:
+    pipeline = _TailPipeline(tail=0.0)
+    options = ServiceConfig(warmup=False, max_wait_ms=0, max_batch=4)
+    service = SelfSegService(_cfg(), options, pipeline=pipeline)
+    gate = threading.Event()
+    run = pipeline.run
+    pipeline.run = lambda images: gate.wait(5) and run(images)
+    image = LoadedImage("first", np.zeros((8, 8, 3), np.uint8), "RGB", (8, 8))
+    first = service.submit(image)
+    _drained(service.batcher)  # the first batch holds the worker
+    late = service.submit(dataclasses.replace(image, path="late"), deadline_ms=20)
+    on_time = service.submit(dataclasses.replace(image, path="on time"), deadline_ms=60_000)
+    time.sleep(0.05)
+    gate.set()
+    first.result(5)
+    with pytest.raises(DeadlineExceeded, match="deadline passed while queued"):
+        late.result(5)
+    assert on_time.result(5).description.path == "on time"
+    assert [path for path, _ in pipeline.deadlines] == ["first", "on time"]  # "late" never ran
+    service.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from selfseg_fast.config import AUTHORS_CODE, PRESETS, SelfSegConfig
@@ -53,6 +54,14 @@ def add_config_options(parser: argparse.ArgumentParser, *, default_preset: str =
         default=None,
         help="reproduce one of the authors' releases instead of the paper: maskblip (Self-Seg's code) or "
         "autoseg (its successor); see README 'Where the authors' released code differs'",
+    )
+    group.add_argument(
+        "--adaptive-patience",
+        type=int,
+        metavar="N",
+        default=None,
+        help="stop a cluster's caption cycles once N cycles in a row found no new noun (at most the "
+        "preset's cycles; default 0 = off, the paper's fixed cycles); = --set caption.adaptive_patience=N",
     )
     group.add_argument(
         "--set",
@@ -128,6 +137,28 @@ def add_naming_options(parser: argparse.ArgumentParser, *, consolidate: bool = T
     group.add_argument("--taxonomy-llm-model", metavar="NAME", help="model name sent to that address")
 
 
+def add_deadline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--deadline-ms",
+        type=positive_ms,
+        metavar="MS",
+        default=None,
+        help="per-image time budget for captioning, from when the image (caption) or its batch "
+        "(segment) starts: past it the image keeps the names found so far and is marked degraded",
+    )
+
+
+def positive_ms(text: str) -> float:
+    """argparse type: a positive, finite number of milliseconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of milliseconds")
+    return value
+
+
 def add_profile_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="DIR", help="write a torch-profiler trace and a stage table")
 
@@ -148,6 +179,8 @@ def config_from_args(args: argparse.Namespace) -> SelfSegConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "adaptive_patience", None) is not None:
+        overrides["caption.adaptive_patience"] = args.adaptive_patience
     if getattr(args, "kmeans", None):
         overrides["cluster.kmeans_backend"] = args.kmeans
     if getattr(args, "checkpoint", None):

@@ -9,12 +9,15 @@ common folder, full file name kept, so x.png and x.jpg never collide):
                     255 names)
   NAME.overlay.png  the picture at its own size with the names' colours and names, legend beside it
   NAME.clusters.png the 32x32 cluster grid over the picture with each cluster's top nouns (self-guided)
-  NAME.json         names, pixel shares, captions; with --consolidate the merges ({kept, merged, rule,
-                    score}), with --taxonomy the label set (stable ids) and the noun -> label mapping
+  NAME.json         names, pixel shares, captions, degraded; with --consolidate the merges ({kept,
+                    merged, rule, score}), with --taxonomy the label set (stable ids) and the noun ->
+                    label mapping
 --consolidate specific|general merges competing nouns (synonyms, hypernym/hyponym: one name per object);
 --taxonomy cityscapes|ade20k|voc|FILE.json names the regions with your own label set (stable ids, the
 rest `other`). Both are off by default (the paper's output).
-A bad image gets one error line; the others still run (exit code 1).
+A bad image gets one error line; the others still run (exit code 1). Self-guided only: `--deadline-ms
+MS` bounds each batch's captioning (from when its describe starts); an image cut short keeps the names
+found so far and is marked `[degraded]` (`"degraded": true` in NAME.json).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from selfseg_fast.atomic_files import write_bytes_atomic, write_json_atomic
 from selfseg_fast.commands.options import (
     add_config_options,
+    add_deadline_option,
     add_naming_options,
     add_profile_option,
     add_segmenter_options,
@@ -54,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--classes", metavar="NAMES", help='comma-separated class names, e.g. "car,road,tree"'
     )
     parser.add_argument("--out", metavar="DIR", help="write label PNG, overlay, clusters and JSON per image")
+    add_deadline_option(parser)
     add_profile_option(parser)
     add_naming_options(parser)
     add_segmenter_options(parser)
@@ -82,6 +87,8 @@ def output_keys(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     names = parse_classes(args.classes) if args.classes else None
+    if names is not None and args.deadline_ms is not None:
+        raise SelfSegError("--deadline-ms bounds captioning: it applies to self-guided runs, not --classes")
     out_dir = Path(args.out) if args.out else None
     paths = iter_image_paths(args.images, exclude=[out_dir] if out_dir else [])
     keys = output_keys(paths)
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline = SelfSegPipeline(cfg)
     failures, stage_seconds = 0, []
     with maybe_profile(args.profile), progress(total=len(paths), desc="segment") as bar:
-        for key, outcome in zip(keys, segment_paths(pipeline, paths, names, cfg.batch_size)):
+        outcomes = segment_paths(pipeline, paths, names, cfg.batch_size, args.deadline_ms)
+        for key, outcome in zip(keys, outcomes):
             bar.update(1)
             if not outcome.ok:
                 failures += 1
@@ -107,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             merges = outcome.audit.get("merges")
             if merges:
                 listing += " (merged: " + ", ".join(f"{m['merged']}->{m['kept']}" for m in merges) + ")"
+            if outcome.description is not None and outcome.description.degraded:
+                listing += "  [degraded: deadline reached, names found so far]"
             bar.write(f"{display_path(outcome.path)}: {listing}", file=sys.stdout)
             if out_dir:
                 write_outputs(out_dir, key, outcome, shares)
@@ -138,6 +148,7 @@ def write_outputs(out_dir: Path, key: str, outcome: ImageOutcome, shares: dict[s
     if described is not None:
         record["captions"] = {str(k): v for k, v in described.captions.items()}
         record["cluster_nouns"] = {str(k): v for k, v in described.cluster_nouns.items()}
+        record["degraded"] = described.degraded
         picture = cluster_picture(rgb, described.cluster_grid, described.captions, described.cluster_nouns)
         write_bytes_atomic(base.with_name(base.name + ".clusters.png"), _png(picture))
     write_json_atomic(base.with_name(base.name + ".json"), record)

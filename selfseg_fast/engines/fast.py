@@ -139,7 +139,10 @@ class FastEngine:
         rows still active; each round's captions are decoded and tagged here, on the launching thread."""
         cc = self.cfg.caption
         tracker = CycleTracker(len(rows), cc.cycles, cc.adaptive_patience)
-        should_stop, expire = deadline_clock([b for b, _ in rows], [image.deadline for image in images])
+        deadlines = [image.deadline for image in images]
+        should_stop, expire = deadline_clock([b for b, _ in rows], deadlines)
+        if all(d is None for d in deadlines):
+            should_stop = None  # adaptive cycles alone: the sampler keeps its sync cadence
 
         def sample_round(active: list[int], first: int, cycles: int) -> list[list[str]] | None:
             ids = sample_captions(

@@ -57,14 +57,16 @@ class ReferenceEngine:
         caption_tokens = features[max(features)].tokens[0]  # [32*32, 1024]: the 512-px patches
         captions: dict[int, list[str]] = {}
         degraded = False
+        late = None if image.deadline is None else (lambda: time.monotonic() >= image.deadline)
         with timer("caption"):
             for cid, patch_index in ClusterGrid.from_device(grid[None]).patch_indices(0).items():
-                if image.deadline is not None and time.monotonic() >= image.deadline:
-                    degraded = True  # the names found so far; the other clusters are not captioned
-                    break
                 index = torch.from_numpy(patch_index).to(caption_tokens.device)
                 embeds = caption_tokens[index]  # [n_c, 1024]
-                captions[cid] = caption_reference(self.blip, embeds, cfg, derived_seed(seed, cid))
+                caps = caption_reference(self.blip, embeds, cfg, derived_seed(seed, cid), late)
+                if caps is None:  # the deadline passed: the names of the clusters captioned so far
+                    degraded = True
+                    break
+                captions[cid] = caps
         with timer("nouns"):
             if cfg.caption.adaptive_patience:  # the adaptive rule applied to the cycles, in order
                 captions = {cid: self._adaptive_prefix(caps) for cid, caps in captions.items()}

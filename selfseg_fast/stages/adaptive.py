@@ -6,12 +6,15 @@ cluster whose names were all found in its first cycles still runs all of them. W
 to its own noun set (at most the preset's `cycles`); it has then run at most (cycle of its last new
 noun) + p cycles. Cycles stay independent draws, so cycle c of a cluster is the same caption as
 cycle c of the fixed run (its random draws are those of cycle c): the adaptive captions of a cluster
-are a prefix of its fixed-cycle captions, and its nouns a subset (equal once the pool is exhausted).
+are a prefix of its fixed-cycle captions, and its nouns a subset (equal once the pool is exhausted),
+up to float rounding: the decoder batch has another shape, which can move an occasional sampled token.
 
 Deadlines (services): each image may carry a deadline; the rows of an image past its deadline leave
 the batch, its result keeps the names found so far and says `degraded`. The sampler asks the clock
-before every decoder step (no device sync), so a deadline is overshot by at most one decoder step of
-the caption stage (encoding, clustering and segmentation are fixed costs per image size).
+before every decoder step (and then syncs every step, so the host stays within one step of the
+device), so a stop inside a round is overshot by at most one decoder step; between rounds the round's
+captions are decoded and tagged first (one round boundary). Encoding, clustering and segmentation
+are not interrupted (a service reserves time for them: serving.py).
 
     rows (image, cluster) -> rounds of `adaptive_round` cycles for the rows still active
       -> nouns of each new caption (host) -> rows that are done (patience, max cycles, deadline) leave

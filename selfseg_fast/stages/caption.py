@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from selfseg_fast.config import CaptionConfig, SelfSegConfig
 from selfseg_fast.errors import SelfSegError
@@ -79,9 +80,17 @@ def decode_captions(tokenizer, ids: np.ndarray | torch.Tensor, cc: CaptionConfig
 # ---- reference -------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def caption_reference(
-    bundle: BlipBundle, cluster_embeds: torch.Tensor, cfg: SelfSegConfig, seed: int
-) -> list[str]:  # cfg.caption.cycles captions
-    """HF `generate` on one cluster's embeddings [n, C]; the cycles are the rows of one call."""
+    bundle: BlipBundle,
+    cluster_embeds: torch.Tensor,
+    cfg: SelfSegConfig,
+    seed: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[str] | None:  # cfg.caption.cycles captions
+    """HF `generate` on one cluster's embeddings [n, C]; the cycles are the rows of one call.
+    `should_stop` (e.g. a deadline) is asked before the call and after every decoder step (an HF
+    stopping criterion); once it says stop, generation ends and None is returned."""
+    if should_stop is not None and should_stop():
+        return None
     cc = cfg.caption
     plan = DecodeSpec.from_config(bundle.tokenizer, cc)
     decoder = bundle.model.text_decoder
@@ -92,6 +101,7 @@ def caption_reference(
         lengths = {"min_length": cc.min_new_tokens, "max_length": cc.max_new_tokens}
     else:
         lengths = {"min_new_tokens": cc.min_new_tokens, "max_new_tokens": cc.max_new_tokens}
+    stop = _StopWhen(should_stop) if should_stop is not None else None
     with torch.random.fork_rng(devices=[bundle.device] if bundle.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = decoder.generate(
@@ -105,8 +115,22 @@ def caption_reference(
             **({"top_p": cc.top_p, "top_k": cc.top_k, "temperature": 1.0} if cc.do_sample else {}),
             repetition_penalty=cc.repetition_penalty,
             **lengths,
+            **({"stopping_criteria": StoppingCriteriaList([stop])} if stop else {}),
         )
+    if stop is not None and stop.fired:
+        return None  # cut short: the unfinished captions are not kept
     return decode_captions(bundle.tokenizer, out.cpu(), cc)
+
+
+class _StopWhen(StoppingCriteria):
+    """HF stopping criterion: every row stops once `should_stop()` says so (host check, per step)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop, self.fired = should_stop, False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        stop = self.fired = self.should_stop()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 # ---- fast: logits processing + sampling, fused in float32 --------------------------------------------
@@ -174,7 +198,7 @@ def row_uniforms(seeds: list[int], cycles: int, steps: int, first_cycle: int = 0
     for k, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(int(seed))
         drawn = torch.rand(first_cycle + cycles, steps, generator=gen, dtype=torch.float64)
-        out[k] = drawn[first_cycle:].float()
+        out[k] = (drawn[first_cycle:] if first_cycle else drawn).float()  # no extra op when fixed
     return out.reshape(len(seeds) * cycles, steps)
 
 
@@ -194,11 +218,14 @@ def sample_captions(
 ) -> np.ndarray | None:  # [len(rows) * cycles, T] int64 token ids (prefix included, pad after [SEP])
     """Every row x cycle decoded together; see the module docstring. `cc.cycles` cycles per row,
     numbered from `first_cycle` (their random draws are those of the same cycles in a longer run).
-    `should_stop` (a host-side check, e.g. a deadline; no device sync) is asked before every decoder
-    step: when it says stop, the loop ends and None is returned (nothing of this call is kept)."""
+    `should_stop` (a host-side check, e.g. a deadline) is asked before every decoder step: when it says
+    stop, the loop ends and None is returned (nothing of this call is kept). With it the loop syncs
+    every step (not every `sync_every`), so the host never runs more than one step ahead of the device."""
     spec = DecodeSpec.from_config(bundle.tokenizer, cc)
     if not rows:
         return np.zeros((0, len(spec.prefix) + spec.max_new), dtype=np.int64)
+    if should_stop is not None:  # sync every step: the host (and its clock) stays within one step
+        sync_every = 1  # of the device, so a stop is overshot by at most one decoder step on CUDA too
     decoder = FastBlipTextDecoder(bundle.model.text_decoder)
     decoder.start(image_tokens)
     uniforms = row_uniforms(seeds, cc.cycles, spec.max_new, first_cycle)
