@@ -164,6 +164,11 @@ class SegmenterConfig:
     onnx_path: str | None = None
     engine_path: str | None = None
 
+    def first_names(self, nouns) -> list[str]:
+        """The class names a self-guided run segments: the first `max_names` nouns (first-seen order).
+        The one rule for `run()`, file runs and the benchmark, so their answers agree."""
+        return list(nouns)[: self.max_names]
+
 
 @dataclass
 class ConsolidateConfig:

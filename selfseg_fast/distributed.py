@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from selfseg_fast.config import SelfSegConfig, from_dict
+from selfseg_fast.config import SegmenterConfig, SelfSegConfig, from_dict
 from selfseg_fast.errors import SelfSegError
 
 
@@ -144,9 +144,10 @@ class PrecomputedPipeline:
 
     last_wall_seconds = 0.0  # wall time of the last `precompute_with_ray` pass
 
-    def __init__(self, results: dict[str, tuple], fallback) -> None:
+    def __init__(self, results: dict[str, tuple], fallback, segmenter_cfg: SegmenterConfig | None = None):
         self.results = results
         self.fallback = fallback
+        self.rule = segmenter_cfg or SegmenterConfig()  # which nouns the actors segmented with
         # the benchmark charges each image its share of the distributed pass's wall time
         self.extra_seconds_per_image = self.last_wall_seconds / max(1, len(results))
 
@@ -159,7 +160,7 @@ class PrecomputedPipeline:
         maps = []
         for image, names in zip(images, class_names):
             hit = self.results.get(image.path)
-            if hit is not None and hit[1] is not None and list(hit[0].nouns) == list(names):
+            if hit is not None and hit[1] is not None and self.rule.first_names(hit[0].nouns) == list(names):
                 maps.append(hit[1].astype(np.int64))
             else:
                 (label_map,) = self.fallback.segment([image], [names])

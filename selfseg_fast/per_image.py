@@ -130,8 +130,7 @@ def _segment_own_nouns(pipeline, outcome: ImageOutcome, described) -> None:
     if isinstance(described, Failure):
         _settle_map(outcome, described, [])
         return
-    # the first `segmenter.max_names` nouns, as SelfSegPipeline.run keeps them (services answer the same)
-    names = list(described.nouns)[: pipeline.cfg.segmenter.max_names]
+    names = pipeline.cfg.segmenter.first_names(described.nouns)  # as SelfSegPipeline.run keeps them
     start = time.perf_counter()
     try:
         extra = (

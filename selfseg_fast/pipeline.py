@@ -290,7 +290,7 @@ class SelfSegPipeline:
         feeder = _BranchFeeder(images, seg, lambda: getattr(self.engine, "batch_size", 1))
         pending = []
         for i, result in enumerate(self.engine.describe_stream(feeder)):
-            names = list(result.nouns)[: seg.sc.max_names]
+            names = seg.sc.first_names(result.nouns)
             branch = feeder.take(i)
             grouper = self._grouper(images[i], result.cluster_nouns)
             finish = (lambda b, n, g=grouper: seg.finish(b, n, g)) if grouper is not None else seg.finish
@@ -317,7 +317,7 @@ class SelfSegPipeline:
 
     def _segment_described(self, image: LoadedImage, result: ImageResult) -> Segmentation:
         """Reference engine: the official per-image segmentation after the image is described."""
-        names = list(result.nouns)[: self.segmenter.sc.max_names]
+        names = self.segmenter.sc.first_names(result.nouns)
         timer = StageTimer(sync=True)
         with timer("segment"):
             ((label_map, grouping),) = self._segment_grouped([image], [names], [result.cluster_nouns])

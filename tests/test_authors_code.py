@@ -127,8 +127,8 @@ def test_resegment_segments_again_with_the_kept_names():
 @pytest.mark.parametrize("engine", ["reference", "fast"])
 def test_pipeline_run_resegments_when_configured(engine: str):
     from concurrent.futures import Future
-    from types import SimpleNamespace
 
+    from selfseg_fast.config import SegmenterConfig
     from selfseg_fast.models.xdecoder.segmenter import Segmented
     from selfseg_fast.pipeline import SelfSegPipeline
     from selfseg_fast.records import ImageResult
@@ -151,7 +151,7 @@ def test_pipeline_run_resegments_when_configured(engine: str):
     class Segmenter:
         """Both paths' surface: the first name wins everywhere."""
 
-        sc = SimpleNamespace(max_names=256)
+        sc = SegmenterConfig()  # max_names 256: SegmenterConfig.first_names is the pipeline's rule
 
         def __init__(self):
             self.calls = []

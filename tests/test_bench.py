@@ -187,6 +187,25 @@ def test_scores_match_independent_count(dataset, tmp_path):
     assert len(official) == 5
 
 
+def test_more_nouns_than_max_names_segments_the_first_max_names_as_run_does(dataset, tmp_path):
+    """Random weights at 20 cycles find hundreds of nouns: the loop keeps the first segmenter.max_names
+    (SegmenterConfig.first_names, the rule run() uses) instead of failing on the segmenter's limit."""
+    from selfseg_fast.config import SegmenterConfig
+
+    fake = FakePipeline(dataset)
+    summary = run_bench(
+        dataset,
+        fake,
+        ResultsStore(tmp_path / "out"),
+        love=make_love(tmp_path),
+        progress_bar=False,
+        segmenter_cfg=SegmenterConfig(max_names=2),
+    )
+    assert summary.images_scored == 5 and all(len(names) <= 2 for names in fake.segmented)
+    record = json.loads((tmp_path / "out" / "images" / f"{dataset.entries[0].id}.json").read_text())
+    assert len(record["nouns"]) > 2 and record["names"] == record["nouns"][:2]
+
+
 def test_resume_gives_the_same_scores_and_a_complete_mapping(dataset, tmp_path):
     one_shot = run_bench(
         dataset,

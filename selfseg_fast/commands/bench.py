@@ -9,9 +9,25 @@ image/label pair is named and counted; the exit code is 1 unless --allow-missing
 
 Modes: full (Self-Seg), bcc-only (BCC cluster masks, cmIoU), single-caption (X-Decoder with the nouns
 of one plain caption), names-given (X-Decoder with the dataset's class names). Only --llm hf or
---llm-url is the paper's LOVE; the default --llm wordnet is an offline stand-in.
+--llm-url is the paper's LOVE; the default --llm wordnet is an offline stand-in. The images/s of this
+quality run is the pipeline's wall time per image (encode, cluster, caption, nouns, X-Decoder, label
+map), not counting image decode, LOVE or scoring.
+
+--speed measures speed instead, end to end and nothing else: encoded file -> decode -> encode ->
+cluster -> caption -> nouns -> X-Decoder -> label map (SelfSegPipeline.run). With --root it times the
+dataset's own image files, without it synthetic JPEGs of the dataset's real size (voc 500x375, ade20k
+683x512, cityscapes and synthetic 2048x1024); every image runs once (warm-up, timed, latency and
+counted images all differ, checked by SHA-256). After --warmup batches, --batches batches of
+--batch-size give images/s and per stage host ms, device ms (CUDA events; n/a on a CPU), FLOPs,
+TFLOP/s and % of the device's peak; --latency single-image calls give p50/p99; one more batch counts
+ops, launches and host syncs per stage. Peak GPU memory too. Tables go to stdout, e2e.json and e2e.md
+to --out (default bench-<dataset>-speed).
 
 Examples:
+  selfseg-fast bench --speed --dataset cityscapes --weights random
+  selfseg-fast bench --speed --dataset voc --root ~/data/VOCdevkit --batch-size 32 --latency 100
+
+Quality examples:
   selfseg-fast bench --dataset cityscapes --root ~/data/cityscapes --llm-url http://localhost:8000
   selfseg-fast bench --dataset synthetic --weights random-tiny --mode bcc-only
   selfseg-fast bench --dataset ade20k --root ~/data --llm hf:meta-llama/Llama-2-7b-chat-hf
@@ -96,6 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --consolidate: WordNet merges only between nouns of a common BCC cluster",
     )
+    _add_speed_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_profile_option(parser)
     parser.add_argument(
@@ -108,6 +125,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_segmenter_options(parser)
     add_config_options(parser)
     parser.set_defaults(func=run)
+
+
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("speed (--speed: end to end, no scoring; see above)")
+    group.add_argument("--speed", action="store_true", help="measure speed end to end instead of quality")
+    group.add_argument("--batches", type=int, metavar="N", help="timed batches, steady state (default 8)")
+    group.add_argument("--warmup", type=int, metavar="N", help="warm-up batches, never timed (default 2)")
+    group.add_argument(
+        "--latency", type=int, metavar="N", help="single-image calls for p50/p99 latency (default 50)"
+    )
+    group.add_argument(
+        "--no-counters", dest="speed_counters", action="store_false", default=None,
+        help="skip the batch that counts ops, launches and host syncs",
+    )  # fmt: skip
+    group.add_argument(
+        "--decode-workers", type=int, metavar="N",
+        help="1 (default): decode the next batch on a loader thread while this one runs; 0: inline",
+    )  # fmt: skip
+    group.add_argument(
+        "--size", metavar="HxW", help="synthetic image size instead of the dataset's (without --root)"
+    )
 
 
 def _add_love_options(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +183,9 @@ def _add_love_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.preset is None and args.config is None:
         args.preset = DATASET_PRESETS[args.dataset]
+    if args.speed:
+        return run_speed(args)
+    _refuse_speed_flags(args)
     cfg = config_from_args(args)
     cycles = _parse_sweep(args.cycles_sweep) if args.cycles_sweep else [None]
     out = Path(args.out or f"bench-{args.dataset}-{args.mode}")
@@ -183,6 +224,81 @@ def run(args: argparse.Namespace) -> int:
     if args.cycles_sweep:
         print(format_table3(rows, args.dataset, dataset.num_classes - (dataset.background_id is not None)))
     return _exit_code(rows + consolidated, args.allow_missing)
+
+
+# ---- --speed ------------------------------------------------------------------------------------------
+# attribute -> flag: the speed benchmark's own flags, and the quality benchmark's that --speed would ignore
+SPEED_FLAGS = {"batches": "--batches", "warmup": "--warmup", "latency": "--latency",
+               "speed_counters": "--no-counters", "decode_workers": "--decode-workers",
+               "size": "--size"}  # fmt: skip
+QUALITY_FLAGS = {"limit": "--limit", "cycles_sweep": "--cycles-sweep", "bench_consolidate": "--consolidate",
+                 "ray": "--ray", "llm": "--llm", "llm_url": "--llm-url", "profile": "--profile"}  # fmt: skip
+
+
+def _refuse_speed_flags(args: argparse.Namespace) -> None:
+    given = [flag for attr, flag in SPEED_FLAGS.items() if getattr(args, attr) is not None]
+    if given:
+        raise SelfSegError(f"{given[0]} belongs to the speed benchmark: add --speed")
+
+
+def speed_plan(args: argparse.Namespace):
+    """(config, SpeedSettings, ImageSource, preset label) of `bench --speed`; every bad value is a
+    one-line SelfSegError here, before any model loads."""
+    from selfseg_fast.evaluation.speed import DATASET_SIZES, ImageSource, SpeedSettings, parse_size
+
+    ignored = [flag for attr, flag in QUALITY_FLAGS.items() if getattr(args, attr, None)]
+    if args.mode != "full":
+        ignored.insert(0, "--mode")
+    if ignored:
+        raise SelfSegError(f"{ignored[0]} is for the quality benchmark; --speed measures speed only: drop it")
+    if args.root and args.size:
+        raise SelfSegError("--size is for synthetic images; with --root the dataset's own files are timed")
+    cfg = config_from_args(args)
+    defaults = SpeedSettings()
+    settings = SpeedSettings(
+        batch_size=args.batch_size if args.batch_size is not None else cfg.batch_size,
+        **{
+            name: getattr(args, attr) if getattr(args, attr) is not None else getattr(defaults, name)
+            for name, attr in (("batches", "batches"), ("warmup", "warmup"), ("latency", "latency"),
+                               ("counters", "speed_counters"), ("decode_workers", "decode_workers"))
+        },
+    )  # fmt: skip
+    if problems := settings.problems():
+        raise SelfSegError("; ".join(problems))
+    size = parse_size(args.size) if args.size else DATASET_SIZES[DATASET_PRESETS[args.dataset]]
+    if args.root:
+        from selfseg_fast.evaluation.datasets import open_dataset
+
+        dataset = open_dataset(args.dataset, args.root)
+        files = [Path(entry.image_path) for entry in dataset.entries]
+        source = ImageSource(size, files, seed=1, what=f"--dataset {args.dataset} --root {args.root}")
+    else:
+        source = ImageSource(size, None, seed=1)
+    source.check(settings.images_needed())
+    return cfg, settings, source, args.preset or args.dataset
+
+
+def run_speed(args: argparse.Namespace) -> int:
+    """`bench --speed`: one end-to-end speed row (selfseg_fast.evaluation.speed), printed and written."""
+    cfg, settings, source, preset = speed_plan(args)
+    from selfseg_fast.evaluation import speed
+
+    out = Path(args.out or f"bench-{args.dataset}-speed")
+    what = "synthetic JPEGs {}x{}".format(*source.size[::-1]) if source.files is None else source.what
+    print(
+        f"bench {args.dataset}: speed, {cfg.engine} engine, {cfg.weights} weights, {what}; "
+        f"{settings.images_needed()} images, each used once",
+        file=sys.stderr,
+    )
+    rows = [{"dataset": args.dataset, **speed.measure(cfg, settings, source, preset)}]
+    table = speed.write(out, speed.meta(rows, cfg.weights, args.set), rows)
+    unseen = rows[0]["unseen"]
+    print(table)
+    print(
+        f"unseen: {unseen['images']} images, {unseen['distinct']} distinct, "
+        f"{unseen['warmup_images_measured_again']} warm-up images measured again; written to {out}"
+    )
+    return EXIT_OK
 
 
 def consolidate_settings(args: argparse.Namespace, cfg) -> dict | None:
@@ -338,7 +454,7 @@ def _precompute_on_ray(dataset, store, cfg, args, fallback):
         if not store.is_done(dataset.entries[i].id, needs_prediction=needs_prediction)
     ]
     results = precompute_with_ray(todo, cfg, args.ray, segment=needs_prediction)
-    return PrecomputedPipeline(results, fallback)
+    return PrecomputedPipeline(results, fallback, cfg.segmenter)
 
 
 class LazyPipeline:

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from selfseg_fast.config import SegmenterConfig
 from selfseg_fast.console import progress
 from selfseg_fast.errors import ImageError
 from selfseg_fast.evaluation.datasets.base import Dataset, Sample, SampleError
@@ -196,11 +197,12 @@ def _process(pending, pipeline: Pipeline, mode: str, dataset: Dataset, segmenter
     if mode == "bcc-only":
         return [(s, _record(s, d, [], d.stage_seconds), None) for s, d in zip(samples, described)]
     out = []
+    rule = segmenter_cfg or SegmenterConfig()  # at most max_names names per image, as run() keeps them
     start = time.perf_counter()
-    maps = pipeline.segment(images, [list(d.nouns) for d in described])
+    maps = pipeline.segment(images, [rule.first_names(d.nouns) for d in described])
     audits = []
     for sample, image, result, label_map in zip(samples, images, described, maps):
-        audit, nouns = {}, list(result.nouns)
+        audit, nouns = {}, rule.first_names(result.nouns)
         if hasattr(label_map, "class_names"):  # consolidation renamed the classes (NamedMap)
             audit, nouns, label_map = label_map.audit(), list(label_map.class_names), label_map.label_map
         label_map, names = _maybe_resegment(pipeline, image, nouns, label_map, segmenter_cfg)
