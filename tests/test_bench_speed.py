@@ -67,6 +67,8 @@ def test_speed_times_each_dataset_file_once(city, tmp_path, capsys):
         (["--speed", "--size", "64"], "--size '64': expected HEIGHTxWIDTH"),
         (["--speed", "--cycles-sweep", "1,5"], "--cycles-sweep is for the quality benchmark"),
         (["--speed", "--mode", "bcc-only"], "--mode is for the quality benchmark"),
+        (["--speed", "--love-synonyms"], "--love-synonyms is for the quality benchmark"),
+        (["--speed", "--allow-missing"], "--allow-missing is for the quality benchmark"),
         (["--batches", "3"], "--batches belongs to the speed benchmark: add --speed"),
         (["--speed", "--root", "CITY", "--size", "8x8"], "--size is for synthetic images"),
         (["--speed", "--root", "CITY", *RUN, "--batches", "5"], "10 images, this run uses 16 (each once)"),

@@ -232,7 +232,9 @@ SPEED_FLAGS = {"batches": "--batches", "warmup": "--warmup", "latency": "--laten
                "speed_counters": "--no-counters", "decode_workers": "--decode-workers",
                "size": "--size"}  # fmt: skip
 QUALITY_FLAGS = {"limit": "--limit", "cycles_sweep": "--cycles-sweep", "bench_consolidate": "--consolidate",
-                 "ray": "--ray", "llm": "--llm", "llm_url": "--llm-url", "profile": "--profile"}  # fmt: skip
+                 "ray": "--ray", "llm": "--llm", "llm_url": "--llm-url", "llm_model": "--llm-model",
+                 "love_synonyms": "--love-synonyms", "love_cache": "--love-cache",
+                 "allow_missing": "--allow-missing", "profile": "--profile"}  # fmt: skip
 
 
 def _refuse_speed_flags(args: argparse.Namespace) -> None:
