@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import platform
 import time
@@ -36,10 +35,12 @@ import torch
 from PIL import Image
 
 from selfseg_fast import flops, timing
+from selfseg_fast.atomic_files import write_bytes_atomic, write_json_atomic
 from selfseg_fast.config import SelfSegConfig
 from selfseg_fast.counters import OpCounter
 from selfseg_fast.errors import SelfSegError
 from selfseg_fast.images import load_image_bytes
+from selfseg_fast.provenance import package_commit
 
 # Dataset image sizes (height, width): VOC's typical 500 x 375 (landscape), ADE20K's median 683 x 512,
 # Cityscapes' 2048 x 1024.
@@ -346,8 +347,6 @@ def meta(rows: list[dict], weights: str, overrides: list[str]) -> dict:
     """What produced the rows: device, library versions, the package's commit, weights, overrides."""
     import transformers
 
-    from selfseg_fast.provenance import package_commit
-
     return {
         "device": rows[0]["device"] if rows else "",
         "torch": torch.__version__,
@@ -407,11 +406,9 @@ def markdown(info: dict, rows: list[dict]) -> str:
 
 def write(out: str | Path, info: dict, rows: list[dict]) -> str:
     """out/e2e.json and out/e2e.md (call after every row: a long run keeps what it measured)."""
-    from selfseg_fast.atomic_files import write_bytes_atomic
-
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(folder / "e2e.json", json.dumps({"meta": info, "rows": rows}, indent=1).encode())
+    write_json_atomic(folder / "e2e.json", {"meta": info, "rows": rows})
     table = markdown(info, rows)
     write_bytes_atomic(folder / "e2e.md", table.encode())
     return table
